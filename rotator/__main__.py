@@ -1,0 +1,5 @@
+"""Allow ``python -m rotator``."""
+
+from rotator.cli import main
+
+raise SystemExit(main())

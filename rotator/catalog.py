@@ -1,0 +1,552 @@
+"""The usable images of one folder, in natural order, with a validation cache.
+
+Threading: ``scan``, ``inspect_path`` and ``load_payload`` block (they decode images) and
+are meant for a worker thread; they never change the catalog. ``apply_scan``,
+``apply_file`` and ``remove_path`` change it and belong on the event-loop thread. The
+``ValidationCache`` is called from the worker thread (``get``/``put``) and from the loop
+thread (``forget``), so it must be thread-safe. The ``log`` callable is called from both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from rotator.errors import ImageError
+from rotator.images import (
+    FITTED_EXTENSIONS,
+    FitSettings,
+    FittedImage,
+    ImageVerdict,
+    fit_cache_name,
+    fit_image_bytes,
+    inspect_image,
+    read_fitted,
+    read_image_file,
+    rejected_verdict,
+)
+
+TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp")
+_DIGITS = re.compile(r"(\d+)")
+_FITTED_NAME = re.compile(r"^[0-9a-f]{64}-[0-9a-f]{12}\.(?:jpg|png)$")
+_FITTED_TEMP_PREFIX = ".fitting-"
+_STALE_TEMP_SECONDS = 3600.0
+_SENT_SUFFIXES = {"jpeg": (".jpg", ".jpeg"), "png": (".png",)}
+
+NaturalKey = tuple[tuple[tuple[str | int, ...], ...], str]
+
+
+def natural_key(relative_path: str) -> NaturalKey:
+    """Return a sort key: per path component, case-insensitive, numbers by value."""
+    components = tuple(
+        tuple(
+            int(chunk) if index % 2 else chunk
+            for index, chunk in enumerate(_DIGITS.split(part.casefold()))
+        )
+        for part in relative_path.split("/")
+    )
+    # The raw path breaks ties between names equal but for case or leading zeros.
+    return components, relative_path
+
+
+def is_candidate_name(name: str) -> bool:
+    """Tell whether a file or folder name may hold images (not hidden, not a temp name)."""
+    lowered = name.lower()
+    return not (name.startswith(".") or name.endswith("~") or lowered.endswith(TEMP_SUFFIXES))
+
+
+class ValidationCache(Protocol):
+    """Remember verdicts by absolute path, size and mtime so restarts skip decoding."""
+
+    def get(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
+        """Return the verdict stored for exactly this path, size and mtime, if any."""
+        ...
+
+    def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
+        """Store the verdict for this path, size and mtime (replacing older ones)."""
+        ...
+
+    def forget(self, path: str) -> None:
+        """Drop whatever is stored for this path."""
+        ...
+
+
+class MemoryValidationCache:
+    """Keep verdicts in memory (thread-safe); for dry runs and tools."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[int, int, ImageVerdict]] = {}
+
+    def get(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
+        """Return the verdict stored for exactly this path, size and mtime, if any."""
+        with self._lock:
+            entry = self._entries.get(path)
+        if entry is None or entry[:2] != (size, mtime_ns):
+            return None
+        return entry[2]
+
+    def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
+        """Store the verdict for this path, size and mtime (replacing older ones)."""
+        with self._lock:
+            self._entries[path] = (size, mtime_ns, verdict)
+
+    def forget(self, path: str) -> None:
+        """Drop whatever is stored for this path."""
+        with self._lock:
+            self._entries.pop(path, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogImage:
+    """One usable image of a folder."""
+
+    path: Path
+    relative: str
+    size_bytes: int
+    mtime_ns: int
+    verdict: ImageVerdict
+
+
+@dataclasses.dataclass(frozen=True)
+class FileResult:
+    """The verdict on one path of a folder (usable or not), as found by a worker thread."""
+
+    path: Path
+    relative: str
+    size_bytes: int
+    mtime_ns: int
+    verdict: ImageVerdict
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanResult:
+    """Every candidate path of a folder with its verdict; ``folder_error`` if unreadable."""
+
+    files: tuple[FileResult, ...]
+    folder_error: str | None = None
+
+    @property
+    def rejected(self) -> tuple[FileResult, ...]:
+        """Return the results that cannot be sent."""
+        return tuple(result for result in self.files if not result.verdict.usable)
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    """The exact bytes to send for one image, and what they are."""
+
+    data: bytes = dataclasses.field(repr=False)
+    mime: str
+    filename: str
+    sha256: str
+    source_sha256: str
+    fitted: FittedImage | None = dataclasses.field(repr=False)
+
+
+class Catalog:
+    """Hold the usable images of one folder (see the module docstring for threads)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        settings: FitSettings,
+        cache: ValidationCache,
+        log: Callable[..., None],
+    ) -> None:
+        self._given = Path(os.path.abspath(folder))
+        self._root = Path(os.path.realpath(folder))
+        self._settings = settings
+        self._cache = cache
+        self._log = log
+        self._images: dict[str, CatalogImage] = {}
+        self._rejected: dict[str, tuple[int, int, str]] = {}
+        self._folder_error: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """Return the folder, resolved (watch this path so event paths line up)."""
+        return self._root
+
+    @property
+    def settings(self) -> FitSettings:
+        """Return the fit settings images are judged and fitted under."""
+        return self._settings
+
+    # -- blocking, thread-safe, read-only -------------------------------------------------
+
+    def scan(self) -> ScanResult:
+        """Walk the folder and judge every candidate file (decoding only cache misses)."""
+        try:
+            root_status = os.stat(self._root)
+        except OSError as exc:
+            return ScanResult(files=(), folder_error=_os_reason(exc))
+        if not stat.S_ISDIR(root_status.st_mode):
+            return ScanResult(files=(), folder_error="not a folder")
+        visited = {(root_status.st_dev, root_status.st_ino)}
+        files = tuple(self._walk(self._root, "", visited))
+        return ScanResult(files=files)
+
+    def inspect_path(self, path: Path) -> FileResult | None:
+        """Judge one path; None when it is not a candidate (hidden, temp, outside, gone, folder)."""
+        relative = self._relative(path)
+        if not relative or not all(is_candidate_name(part) for part in relative.split("/")):
+            return None
+        absolute = self._root / relative
+        try:
+            os.lstat(absolute)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._rejection(relative, _os_reason(exc))
+        try:
+            real = os.path.realpath(absolute, strict=True)
+        except OSError as exc:
+            return self._rejection(relative, _symlink_reason(exc))
+        if not self._inside(real):
+            return self._rejection(relative, "symlink leaves the folder")
+        try:
+            status = os.stat(absolute)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._rejection(relative, _os_reason(exc))
+        if stat.S_ISDIR(status.st_mode):
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            return self._rejection(relative, "not a regular file")
+        return self._judge_file(absolute, relative, status)
+
+    def load_payload(self, image: CatalogImage, fitted_dir: Path) -> Payload:
+        """Return the bytes to send for ``image``; raise ``ImageError`` if that is impossible."""
+        verdict = image.verdict
+        if not verdict.usable or verdict.sha256 is None or verdict.format is None:
+            raise ImageError(f"{image.relative}: not usable ({verdict.reason})")
+        data = read_image_file(image.path, self._settings.max_source_bytes)
+        if hashlib.sha256(data).hexdigest() != verdict.sha256:
+            raise ImageError(f"{image.relative}: changed since it was checked")
+        if not verdict.needs_fit:
+            return Payload(
+                data=data,
+                mime=verdict.mime or "application/octet-stream",
+                filename=_sent_filename(image.path.name, verdict.format),
+                sha256=verdict.sha256,
+                source_sha256=verdict.sha256,
+                fitted=None,
+            )
+        fitted = self._fitted_copy(image, data, fitted_dir)
+        return Payload(
+            data=fitted.data,
+            mime=fitted.mime,
+            filename=_sent_filename(image.path.name, fitted.format),
+            sha256=fitted.sha256,
+            source_sha256=fitted.source_sha256,
+            fitted=fitted,
+        )
+
+    # -- event-loop thread: changes ---------------------------------------------------------
+
+    def apply_scan(self, result: ScanResult) -> None:
+        """Make the image set match a full scan, logging what was added, removed or rejected."""
+        if result.folder_error != self._folder_error:
+            if result.folder_error is not None:
+                self._log(
+                    "catalog.folder_unreadable", folder=str(self._root), reason=result.folder_error
+                )
+            self._folder_error = result.folder_error
+        seen = {file.relative for file in result.files}
+        for relative in [name for name in self._images if name not in seen]:
+            self._drop(relative)
+        for relative in [name for name in self._rejected if name not in seen]:
+            del self._rejected[relative]
+            self._cache.forget(str(self._root / relative))
+        for file in result.files:
+            self.apply_file(file)
+
+    def apply_file(self, result: FileResult) -> None:
+        """Add, replace or reject one file, logging the change."""
+        relative = result.relative
+        verdict = result.verdict
+        if verdict.usable:
+            self._rejected.pop(relative, None)
+            image = CatalogImage(
+                path=result.path,
+                relative=relative,
+                size_bytes=result.size_bytes,
+                mtime_ns=result.mtime_ns,
+                verdict=verdict,
+            )
+            old = self._images.get(relative)
+            self._images[relative] = image
+            if old is None or old.verdict.sha256 != verdict.sha256:
+                self._log(
+                    "image.added" if old is None else "image.changed",
+                    path=relative,
+                    folder=str(self._root),
+                    bytes=verdict.size_bytes,
+                    format=verdict.format,
+                    needs_fit=verdict.needs_fit,
+                )
+            return
+        if relative in self._images:
+            self._drop(relative, forget=False)
+        reason = verdict.reason or "unusable"
+        seen_as = (result.size_bytes, result.mtime_ns, reason)
+        if self._rejected.get(relative) != seen_as:
+            self._rejected[relative] = seen_as
+            self._log("image.rejected", path=relative, folder=str(self._root), reason=reason)
+
+    def remove_path(self, path: Path) -> None:
+        """Forget a file, or everything under a folder (the catalog folder itself included)."""
+        relative = self._relative(path)
+        if relative is None:
+            return
+        prefix = f"{relative}/"
+
+        def under(name: str) -> bool:
+            return not relative or name == relative or name.startswith(prefix)
+
+        for name in [name for name in self._images if under(name)]:
+            self._drop(name)
+        for name in [name for name in self._rejected if under(name)]:
+            del self._rejected[name]
+            self._cache.forget(str(self._root / name))
+
+    # -- event-loop thread: reads -----------------------------------------------------------
+
+    def usable(self) -> list[CatalogImage]:
+        """Return the usable images in natural order."""
+        return [self._images[name] for name in sorted(self._images, key=natural_key)]
+
+    def rejected(self) -> list[tuple[str, str]]:
+        """Return (relative path, reason) of every rejected path, in natural order."""
+        return [(name, self._rejected[name][2]) for name in sorted(self._rejected, key=natural_key)]
+
+    def get(self, relative: str) -> CatalogImage | None:
+        """Return the usable image at this relative path, if any."""
+        return self._images.get(relative)
+
+    def fitted_names(self) -> set[str]:
+        """Return the fitted-copy file names this catalog may use (for ``prune_fitted``)."""
+        return {
+            fit_cache_name(image.verdict.sha256, self._settings, image_format)
+            for image in self._images.values()
+            if image.verdict.needs_fit and image.verdict.sha256
+            for image_format in FITTED_EXTENSIONS
+        }
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _walk(
+        self, directory: Path, prefix: str, visited: set[tuple[int, int]]
+    ) -> Iterator[FileResult]:
+        """Yield a result for every candidate file under ``directory``; never raise."""
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            if prefix:
+                yield self._rejection(prefix.rstrip("/"), f"unreadable folder: {_os_reason(exc)}")
+            return
+        for entry in entries:
+            if not is_candidate_name(entry.name):
+                continue
+            relative = prefix + entry.name
+            path = directory / entry.name
+            try:
+                yield from self._walk_entry(entry, path, relative, directory, visited)
+            except OSError as exc:  # vanished or unreadable between listing and looking
+                if not isinstance(exc, FileNotFoundError):
+                    yield self._rejection(relative, _os_reason(exc))
+
+    def _walk_entry(
+        self,
+        entry: os.DirEntry[str],
+        path: Path,
+        relative: str,
+        directory: Path,
+        visited: set[tuple[int, int]],
+    ) -> Iterator[FileResult]:
+        if entry.is_symlink():
+            try:
+                real = os.path.realpath(path, strict=True)
+            except OSError as exc:
+                yield self._rejection(relative, _symlink_reason(exc))
+                return
+            if not self._inside(real):
+                yield self._rejection(relative, "symlink leaves the folder")
+                return
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            identity = (status.st_dev, status.st_ino)
+            if identity in visited:
+                real_directory = os.path.realpath(directory)
+                target = os.path.realpath(path)
+                if real_directory == target or real_directory.startswith(target + os.sep):
+                    yield self._rejection(relative, "symlink loop")
+                # Otherwise a second name for a folder already walked: skip the duplicate.
+                return
+            visited.add(identity)
+            yield from self._walk(path, f"{relative}/", visited)
+        elif stat.S_ISREG(status.st_mode):
+            yield self._judge_file(path, relative, status)
+        else:
+            yield self._rejection(relative, "not a regular file")
+
+    def _judge_file(self, path: Path, relative: str, status: os.stat_result) -> FileResult:
+        """Return the cached verdict for this version of the file, or decode it."""
+        key = str(path)
+        for _attempt in range(2):
+            size, mtime_ns = status.st_size, status.st_mtime_ns
+            cached = self._cache.get(key, size, mtime_ns)
+            if cached is not None and cached.settings_key == self._settings.verdict_key:
+                return FileResult(path, relative, size, mtime_ns, cached)
+            verdict = inspect_image(path, self._settings)
+            try:
+                after = os.stat(path)
+            except OSError:
+                return FileResult(path, relative, size, mtime_ns, verdict)
+            unchanged = (after.st_size, after.st_mtime_ns) == (size, mtime_ns)
+            if unchanged and verdict.size_bytes == size:
+                # No bytes read means no content facts: those verdicts are retried, not cached.
+                if verdict.sha256 is not None:
+                    self._cache.put(key, size, mtime_ns, verdict)
+                return FileResult(path, relative, size, mtime_ns, verdict)
+            status = after
+        return self._rejection(relative, "still being written", status)
+
+    def _rejection(
+        self, relative: str, reason: str, status: os.stat_result | None = None
+    ) -> FileResult:
+        size = status.st_size if status else 0
+        mtime_ns = status.st_mtime_ns if status else 0
+        verdict = rejected_verdict(reason, size, self._settings.verdict_key)
+        return FileResult(self._root / relative, relative, size, mtime_ns, verdict)
+
+    def _fitted_copy(self, image: CatalogImage, data: bytes, fitted_dir: Path) -> FittedImage:
+        """Return the stored fitted copy of ``image``, making and storing it the first time."""
+        verdict = image.verdict
+        assert verdict.sha256 is not None
+        for image_format in FITTED_EXTENSIONS:
+            stored = fitted_dir / fit_cache_name(verdict.sha256, self._settings, image_format)
+            try:
+                return read_fitted(stored.read_bytes(), verdict, self._settings)
+            except FileNotFoundError:
+                continue
+            except (OSError, ImageError):
+                continue  # a damaged copy is simply made again
+        fitted = fit_image_bytes(data, self._settings)
+        target = fitted_dir / fit_cache_name(verdict.sha256, self._settings, fitted.format)
+        try:
+            _write_atomically(target, fitted.data)
+        except OSError as exc:
+            # Sending does not need the stored copy; the next rotation fits again.
+            self._log("image.fit_not_stored", path=image.relative, reason=_os_reason(exc))
+        self._log(
+            "image.fitted",
+            path=image.relative,
+            folder=str(self._root),
+            source_format=fitted.source_format,
+            source_bytes=fitted.source_bytes,
+            format=fitted.format,
+            bytes=len(fitted.data),
+            width=fitted.width,
+            height=fitted.height,
+        )
+        return fitted
+
+    def _drop(self, relative: str, *, forget: bool = True) -> None:
+        image = self._images.pop(relative)
+        if forget:
+            self._cache.forget(str(image.path))
+        self._log("image.removed", path=relative, folder=str(self._root))
+
+    def _relative(self, path: Path) -> str | None:
+        """Return ``path`` relative to the folder (POSIX; "" for the folder), None if outside."""
+        absolute = Path(os.path.abspath(path))
+        for root in (self._root, self._given):
+            try:
+                relative = absolute.relative_to(root).as_posix()
+            except ValueError:
+                continue
+            return "" if relative == "." else relative
+        return None
+
+    def _inside(self, real: str) -> bool:
+        root = str(self._root)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def prune_fitted(fitted_dir: Path, keep: set[str]) -> list[str]:
+    """Delete fitted copies not named in ``keep`` (and stale temp files); return the names."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(fitted_dir))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        try:
+            if _FITTED_NAME.match(name):
+                if name in keep:
+                    continue
+            elif not (
+                name.startswith(_FITTED_TEMP_PREFIX)
+                and now - entry.stat().st_mtime > _STALE_TEMP_SECONDS
+            ):
+                continue  # not ours, or a copy being written right now
+            os.unlink(entry.path)
+            removed.append(name)
+        except OSError:
+            continue
+    return sorted(removed)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=_FITTED_TEMP_PREFIX)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _sent_filename(name: str, image_format: str) -> str:
+    """Keep the source name, with an extension matching what is sent."""
+    suffixes = _SENT_SUFFIXES[image_format]
+    path = Path(name)
+    if path.suffix.lower() in suffixes:
+        return name
+    return f"{path.stem if path.suffix else name}{suffixes[0]}"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "vanished"
+    return (exc.strerror or str(exc)).lower()
+
+
+def _symlink_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if isinstance(exc, FileNotFoundError):
+        return "broken symlink"
+    return f"unreadable symlink: {_os_reason(exc)}"

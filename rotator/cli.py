@@ -1,0 +1,113 @@
+"""The command line: parse arguments, run a command, turn errors into exit codes.
+
+Exit codes: 0 ok, 1 runtime failure or problems found, 2 usage or config error.
+Nothing a user did produces a traceback, and no message carries the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from rotator import __version__, commands
+from rotator.errors import RotatorError
+from rotator.logs import redact_text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"rotator: {message} (see 'rotator {self._subcommand()}--help')\n")
+        raise SystemExit(2)
+
+    def _subcommand(self) -> str:
+        name = self.prog.split(" ", 1)
+        return f"{name[1]} " if len(name) > 1 else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of every subcommand."""
+    parser = _Parser(
+        prog="rotator",
+        description="Rotate X account avatars on a schedule through the Xquik API.",
+    )
+    parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        one = sub.add_parser(name, help=help_text, description=help_text)
+        one.add_argument(
+            "--config",
+            metavar="PATH",
+            help="config file (default: $ROTATOR_CONFIG, else ./rotator.toml)",
+        )
+        return one
+
+    run = command("run", "run the daemon")
+    run.add_argument("--dry-run", action="store_true", help="do everything but the write")
+
+    check = command("check", "validate the config and every image")
+    check.add_argument("--online", action="store_true", help="also ask the API (free reads)")
+    check.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    plan = command("plan", "show the next rotations and what they cost")
+    plan.add_argument("--count", type=_positive_int, default=5, metavar="N")
+
+    rotate = command("rotate", "rotate now, once, then exit")
+    rotate.add_argument("--account", metavar="NAME", help="only this account's entries")
+    rotate.add_argument("--image", metavar="PATH", help="send this image (in the entry's folder)")
+    rotate.add_argument("--dry-run", action="store_true", help="do everything but the write")
+
+    status = command("status", "show positions, pauses and errors from the state")
+    status.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    resume = command("resume", "end a pause by hand")
+    resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
+
+    command("health", "exit 0 when the running daemon's heartbeat is fresh")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": commands.run,
+    "check": commands.check,
+    "plan": commands.plan,
+    "rotate": commands.rotate,
+    "status": commands.status,
+    "resume": commands.resume,
+    "health": commands.health,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RotatorError as exc:
+        problems = getattr(exc, "problems", None) or [str(exc)]
+        for problem in problems:
+            sys.stderr.write(f"rotator: {redact_text(str(problem))}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception:  # a bug of ours: show it, but never the key
+        text = redact_text(traceback.format_exc())
+        sys.stderr.write(f"rotator: internal error (please report it):\n{text}")
+        return 1

@@ -1,0 +1,457 @@
+"""The commands behind the CLI, one function each, returning the exit code.
+
+``run`` starts the daemon; the others read the config, the image folders and the
+state (read-only while a daemon runs) and print a report for people, or JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rotator.catalog import Catalog, MemoryValidationCache, natural_key
+from rotator.client import XquikClient
+from rotator.config import (
+    AccountEntry,
+    ApiKey,
+    Settings,
+    find_api_key,
+    load_settings,
+    resolve_config_path,
+)
+from rotator.durations import format_duration
+from rotator.errors import ConfigError, MissingKeyError, RotatorError, StateError
+from rotator.images import describe
+from rotator.logs import add_secret, configure, emit
+from rotator.planner import Position, advance, next_image
+from rotator.scheduling import cron_fire_times
+from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now
+from rotator.state import StateStore, read_heartbeat
+from rotator.systemd import SystemdNotifier
+
+NO_KEY = (
+    "no API key found: set XQUIK_API_KEY, or api.key_file in the config, or a systemd "
+    "credential 'xquik-api-key', or the secret file /run/secrets/xquik_api_key"
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    return load_settings(resolve_config_path(args.config, environ), environ)
+
+
+def _key(settings: Settings, environ: Mapping[str, str]) -> ApiKey:
+    key = find_api_key(settings, environ)
+    if key is None:
+        raise MissingKeyError(NO_KEY)
+    add_secret(key.reveal())
+    return key
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    key = None if args.dry_run else _key(settings, environ)
+    configure(settings.log.level, settings.log.format)
+    if key is not None and key.warning:
+        emit("config.warning", message=key.warning)
+    notifier = SystemdNotifier.from_environment()
+    daemon = Daemon(settings, key, dry_run=args.dry_run, environ=environ, notifier=notifier)
+    return asyncio.run(daemon.run())
+
+
+# -- rotate --------------------------------------------------------------------------------
+
+
+def rotate(args: argparse.Namespace) -> int:
+    """Rotate now, once, for every entry (or one account's), then exit."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    entries = [e for e in settings.accounts if args.account in (None, e.account)]
+    if not entries:
+        raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
+    key = None if args.dry_run else _key(settings, environ)
+    configure(settings.log.level, settings.log.format)
+    results = asyncio.run(
+        rotate_now(settings, key, entries, image=args.image, dry_run=args.dry_run)
+    )
+    for result in results:
+        sys.stderr.write(
+            f"{result.account}: {result.kind}"
+            + (f" {result.image}" if result.image else "")
+            + (f" ({result.reason})" if result.reason and not result.ok else "")
+            + "\n"
+        )
+    return 0 if all(result.ok for result in results) else 1
+
+
+# -- check ---------------------------------------------------------------------------------
+
+
+def check(args: argparse.Namespace) -> int:
+    """Validate the config and every image; with --online, the key, credits and accounts."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    report: dict[str, Any] = {"config": str(settings.config_path), "entries": [], "ok": True}
+    fits = fit_settings(settings)
+    catalogs: dict[Path, Catalog] = {}
+    for entry in settings.accounts:
+        catalog = catalogs.get(entry.folder)
+        if catalog is None:
+            catalog = Catalog(entry.folder, fits, MemoryValidationCache(), _quiet)
+            catalog.apply_scan(catalog.scan())
+            catalogs[entry.folder] = catalog
+        files = [
+            {"path": image.relative, "state": "ok", "detail": describe(image.verdict)}
+            for image in catalog.usable()
+        ]
+        for image in catalog.usable():
+            if image.verdict.needs_fit:
+                files[[f["path"] for f in files].index(image.relative)]["state"] = "fitted"
+        files += [
+            {"path": path, "state": "rejected", "detail": f"rejected: {reason}"}
+            for path, reason in catalog.rejected()
+        ]
+        files.sort(key=lambda item: natural_key(str(item["path"])))
+        problems = []
+        if not catalog.usable():
+            problems.append("no usable image")
+        rejected = len(catalog.rejected())
+        if rejected:
+            problems.append(f"{rejected} rejected file{'s' if rejected != 1 else ''}")
+        report["entries"].append(
+            {
+                "account": entry.account,
+                "folder": str(entry.folder),
+                "schedule": entry.schedule.text,
+                "order": entry.order,
+                "usable": len(catalog.usable()),
+                "rejected": rejected,
+                "files": files,
+                "problems": problems,
+            }
+        )
+        if problems:
+            report["ok"] = False
+    if args.online:
+        report["online"] = asyncio.run(_check_online(settings, _key(settings, environ)))
+        if report["online"]["problems"]:
+            report["ok"] = False
+    if args.json:
+        _print_json(report)
+    else:
+        _print_check(report)
+    return 0 if report["ok"] else 1
+
+
+def _quiet(event: str, **fields: object) -> None:
+    """Swallow catalog events: ``check`` prints its own report."""
+    del event, fields
+
+
+def _print_check(report: dict[str, Any]) -> None:
+    out = sys.stdout
+    out.write(f"config: {report['config']} (valid)\n")
+    for entry in report["entries"]:
+        out.write(
+            f"\n{entry['account']}  {entry['folder']}  {entry['schedule']}  {entry['order']}\n"
+        )
+        for item in entry["files"]:
+            detail = str(item["detail"]).split(": ", 1)[-1]
+            out.write(f"  {item['state']:<9} {item['path']}  {detail}\n")
+        summary = f"  {entry['usable']} usable, {entry['rejected']} rejected"
+        if entry["problems"]:
+            summary += "  -- problem: " + ", ".join(entry["problems"])
+        out.write(summary + "\n")
+    online = report.get("online")
+    if online:
+        out.write("\nonline:\n")
+        for line in online["lines"]:
+            out.write(f"  {line}\n")
+        for problem in online["problems"]:
+            out.write(f"  problem: {problem}\n")
+    out.write("\nall good\n" if report["ok"] else "\nproblems found\n")
+
+
+async def _check_online(settings: Settings, key: ApiKey) -> dict[str, Any]:
+    lines: list[str] = []
+    problems: list[str] = []
+    result: dict[str, Any] = {"lines": lines, "problems": problems}
+    async with XquikClient(
+        settings.api.base_url, key.reveal(), timeout=settings.api.timeout
+    ) as client:
+        try:
+            account = await client.account_info()
+        except RotatorError as exc:
+            problems.append(f"the API key was not accepted: {exc}")
+            return result
+        plan = account.get("plan")
+        lines.append(f"key accepted (from {key.source}); plan: {plan}")
+        result["plan"] = plan
+        if plan not in (None, "active"):
+            problems.append(f"the plan is {plan!r}: writes need an active subscription")
+        try:
+            balance = await client.credits_balance()
+            per_call = settings.api.credits_per_call
+            lines.append(f"credits: {balance} (about {balance // max(per_call, 1)} rotations)")
+            result["balance"] = balance
+            if balance < per_call:
+                problems.append(f"credits: {balance} is less than one write ({per_call})")
+        except RotatorError as exc:
+            problems.append(f"credits could not be read: {exc}")
+        try:
+            connected = await client.x_accounts()
+        except RotatorError as exc:
+            problems.append(f"connected accounts could not be read: {exc}")
+            return result
+        by_name = {known.username.lower(): known for known in connected}
+        by_id = {known.id: known for known in connected} | {k.x_user_id: k for k in connected}
+        result["accounts"] = {}
+        for name in sorted({entry.account for entry in settings.accounts}):
+            known = by_name.get(name.lower().lstrip("@")) or by_id.get(name)
+            if known is None:
+                problems.append(f"{name}: not connected to this Xquik account")
+                result["accounts"][name] = None
+                continue
+            result["accounts"][name] = {"status": known.status, "health": known.health}
+            lines.append(f"{name}: connected, status {known.status}, health {known.health}")
+            if known.health not in ("healthy", "") or known.status not in ("active", ""):
+                problems.append(f"{name}: {known.status}/{known.health}; see the Xquik dashboard")
+    return result
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Print the next rotations of every entry and what they cost."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    now = _now()
+    saved = _read_entries(settings)
+    fits = fit_settings(settings)
+    total_per_day = 0.0
+    out = sys.stdout
+    for entry in settings.accounts:
+        catalog = Catalog(entry.folder, fits, MemoryValidationCache(), _quiet)
+        catalog.apply_scan(catalog.scan())
+        names = [image.relative for image in catalog.usable()]
+        state = saved.get(entry.entry_id)
+        position = Position(
+            last_image=state.last_image if state else None,
+            shown_in_cycle=state.shown_in_cycle if state else frozenset(),
+        )
+        last_success = state.last_success if state else None
+        times = _next_times(entry, now, last_success, args.count)
+        per_day = _calls_per_day(entry, now)
+        total_per_day += per_day
+        out.write(
+            f"{entry.account}  {entry.folder}  {entry.schedule.text}  {entry.order}"
+            f"  ({len(names)} usable images)\n"
+        )
+        rng = random.Random(0)  # noqa: S311 - a preview, not a promise
+        for when in times:
+            image = next_image(entry.order, names, position, rng, sort_key=natural_key)
+            label = image or "(no usable image)"
+            if image is not None:
+                position = advance(entry.order, names, position, image)
+                if entry.order != "sequential":
+                    label += "  (random pick)"
+            local = when.astimezone(entry.timezone)
+            out.write(f"  {local:%Y-%m-%d %H:%M:%S %Z}  {label}\n")
+        if entry.jitter:
+            out.write(f"  (each up to {format_duration(entry.jitter)} later: jitter)\n")
+        out.write(f"  {per_day:.1f} calls/day\n\n")
+    per_call = settings.api.credits_per_call
+    out.write(
+        f"total: {total_per_day:.1f} calls/day, {total_per_day * 30:.0f} calls/month, "
+        f"{total_per_day * 30 * per_call:,.0f} credits/month at {per_call} credits per call\n"
+    )
+    return 0
+
+
+def _read_entries(settings: Settings) -> dict[str, Any]:
+    try:
+        with StateStore.open(settings.state_dir, lock=False, readonly=True) as state:
+            return {row.entry_id: row for row in state.entries()}
+    except StateError:
+        return {}
+
+
+def _next_times(
+    entry: AccountEntry, now: dt.datetime, last_success: dt.datetime | None, count: int
+) -> list[dt.datetime]:
+    every = entry.schedule.every
+    if every is None:
+        return cron_fire_times(entry.schedule, entry.timezone, now, count)
+    first = now
+    if last_success is not None:
+        first = max(now, last_success + dt.timedelta(seconds=every))
+    return [first + dt.timedelta(seconds=every * n) for n in range(count)]
+
+
+def _calls_per_day(entry: AccountEntry, now: dt.datetime) -> float:
+    every = entry.schedule.every
+    if every is not None:
+        return 86400.0 / every
+    week = now + dt.timedelta(days=7)
+    fires = cron_fire_times(entry.schedule, entry.timezone, now, 7 * 24 * 60 + 1)
+    return len([when for when in fires if when <= week]) / 7.0
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print what the state says of each entry: last success, image, next due, pauses."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    now = _now()
+    state_dir = settings.state_dir
+    report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
+    heartbeat = read_heartbeat(state_dir)
+    running = heartbeat is not None and (now - heartbeat[0]).total_seconds() < 3 * HEARTBEAT_SECONDS
+    report["daemon"] = "running" if running else "not running"
+    next_due: dict[str, Any] = {}
+    if heartbeat is not None and running:
+        raw = heartbeat[1].get("next_due")
+        next_due = raw if isinstance(raw, dict) else {}
+    try:
+        with StateStore.open(state_dir, lock=False, readonly=True) as state:
+            rows = {row.entry_id: row for row in state.entries()}
+            pauses = [p for p in state.pauses() if p.until > now]
+            history = {row.entry_id: row for row in reversed(state.history(limit=500))}
+    except StateError:
+        rows, pauses, history = {}, [], {}
+    for entry in settings.accounts:
+        row = rows.get(entry.entry_id)
+        due = next_due.get(entry.entry_id)
+        if due is None:
+            times = _next_times(entry, now, row.last_success if row else None, 1)
+            due = times[0].isoformat() if times else None
+        last = history.get(entry.entry_id)
+        report["entries"].append(
+            {
+                "account": entry.account,
+                "folder": str(entry.folder),
+                "schedule": entry.schedule.text,
+                "last_success": row.last_success.isoformat() if row and row.last_success else None,
+                "current_image": row.last_image if row else None,
+                "next_due": due,
+                "last_error": row.last_error if row else None,
+                "last_outcome": last.outcome if last else None,
+                "uncertain": bool(row and row.uncertain),
+            }
+        )
+    for pause in pauses:
+        kind, _, reason = pause.reason.partition(":")
+        report["pauses"].append(
+            {
+                "scope": pause.scope,
+                "account": pause.account,
+                "kind": kind,
+                "reason": reason or kind,
+                "until": pause.until.isoformat(),
+            }
+        )
+    if args.json:
+        _print_json(report)
+        return 0
+    out = sys.stdout
+    out.write(f"daemon: {report['daemon']}  (state: {state_dir})\n")
+    for item in report["entries"]:
+        out.write(f"\n{item['account']}  {item['folder']}  {item['schedule']}\n")
+        out.write(f"  last success:  {item['last_success'] or 'never'}\n")
+        out.write(f"  current image: {item['current_image'] or '-'}\n")
+        out.write(f"  next due:      {item['next_due'] or '-'}\n")
+        if item["last_error"]:
+            out.write(f"  last error:    {item['last_error']}\n")
+        if item["uncertain"]:
+            out.write("  last write:    uncertain (the server did not confirm it)\n")
+    out.write("\npauses: " + ("none" if not report["pauses"] else "") + "\n")
+    for pause in report["pauses"]:
+        who = "all accounts" if pause["scope"] == "key" else pause["account"]
+        out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
+    return 0
+
+
+# -- resume --------------------------------------------------------------------------------
+
+
+def resume(args: argparse.Namespace) -> int:
+    """End pauses by hand: the key's and every account's, or one account's."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    ended: list[str] = []
+    try:
+        store = StateStore.open(settings.state_dir, lock=False)
+    except StateError as exc:
+        raise StateError(f"nothing to resume: {exc}") from exc
+    with store as state:
+        for pause in state.pauses():
+            if args.account is not None and pause.account != args.account:
+                continue
+            state.clear_pause(scope=pause.scope, account=pause.account)
+            ended.append("all accounts" if pause.scope == "key" else str(pause.account))
+    if not ended:
+        sys.stdout.write("no pause to end\n")
+        return 0
+    sys.stdout.write("ended the pause of " + ", ".join(ended) + "\n")
+    heartbeat = read_heartbeat(settings.state_dir)
+    pid = heartbeat[1].get("pid") if heartbeat else None
+    if isinstance(pid, int) and pid > 0:
+        # The running daemon re-reads its pauses from the state on SIGHUP.
+        try:
+            os.kill(pid, signal.SIGHUP)
+            sys.stdout.write(f"told the running daemon (pid {pid})\n")
+        except OSError:
+            pass
+    return 0
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+def health(args: argparse.Namespace) -> int:
+    """Exit 0 when the running daemon's heartbeat is fresh, 1 otherwise, with one line."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    state_dir = settings.state_dir
+    heartbeat = read_heartbeat(state_dir)
+    if heartbeat is None:
+        sys.stdout.write(f"unhealthy: no heartbeat in {state_dir} (is the daemon running?)\n")
+        return 1
+    when, summary = heartbeat
+    age = (_now() - when).total_seconds()
+    if age > 3 * HEARTBEAT_SECONDS:
+        sys.stdout.write(
+            f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)\n"
+        )
+        return 1
+    line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
+    kinds = summary.get("pause_kinds")
+    if isinstance(kinds, list) and kinds:
+        # A credits or auth pause needs a person, not a restart: report it, stay healthy.
+        line += "; paused: " + ", ".join(str(kind) for kind in kinds)
+    sys.stdout.write(line + "\n")
+    return 0

@@ -1,0 +1,151 @@
+"""Structured logs: JSON lines (or console lines) on stdout, with the API key redacted.
+
+The only module that imports structlog. Every event has a stable dotted name
+(``avatar.uploaded``) and key-value fields; ``timestamp`` is ISO 8601 in UTC. A
+redaction processor runs last before rendering, so no code path can print the key:
+values equal to (or containing) a registered secret, and fields whose name says
+they hold a secret, are masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+Logger = structlog.typing.FilteringBoundLogger
+
+REDACTED = "[REDACTED]"
+_SECRET_FIELD_NAMES = frozenset(
+    {"api_key", "key_value", "x-api-key", "x_api_key", "authorization", "password", "secret"}
+)
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def add_secret(value: str) -> None:
+    """Register a value that must never appear in any log line (the API key)."""
+    if len(value) >= 4:  # masking a very short string would garble ordinary text
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact_text(text: str) -> str:
+    """Return ``text`` with every registered secret masked."""
+    with _secrets_lock:
+        secrets = tuple(_secrets)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in _SECRET_FIELD_NAMES else _redact_value(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def _redact(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in _SECRET_FIELD_NAMES:
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _redact_value(event_dict[key])
+    return event_dict
+
+
+class _StdlibBridge(logging.Handler):
+    """Send warnings of third-party libraries (APScheduler, watchdog, ...) through our log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken log call in a library must not break the daemon
+            message = str(record.msg)
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        get_logger().log(
+            logging.ERROR if level == "error" else logging.WARNING,
+            "library.log",
+            library=record.name,
+            message=message,
+        )
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Set up structlog (and the stdlib bridge) for the whole process."""
+    renderer: structlog.typing.Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            # Plain text tracebacks: dict tracebacks would render local variables.
+            structlog.processors.format_exc_info,
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StdlibBridge):
+            root.removeHandler(handler)
+    root.addHandler(_StdlibBridge(level=logging.WARNING))
+    root.setLevel(logging.WARNING)
+    # These log request details at INFO/DEBUG; job chatter is ours to log.
+    for name in ("httpx", "httpcore", "apscheduler", "watchdog"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def get_logger() -> Logger:
+    """Return the process logger."""
+    logger: Logger = structlog.get_logger("rotator")
+    return logger
+
+
+# Events that deserve a level above info; everything else is info.
+EVENT_LEVELS = {
+    "image.rejected": "warning",
+    "avatar.failed": "warning",
+    "avatar.uncertain": "warning",
+    "rotation.skipped": "warning",
+    "pause.started": "warning",
+    "watch.fallback": "warning",
+    "daemon.reload_failed": "error",
+    "daemon.crashed": "error",
+}
+
+
+def emit(event: str, **fields: object) -> None:
+    """Log ``event`` with ``fields`` at the level the event deserves."""
+    level = EVENT_LEVELS.get(event, "info")
+    getattr(get_logger(), level)(event, **fields)

@@ -1,0 +1,80 @@
+"""Pace avatar writes: at most N in any span of the window, at most C in flight.
+
+The server counts writes in a fixed window that starts when the first one
+*arrives*. We cannot see arrivals, so each write holds its place in our sliding
+window from the moment it is sent until ``window`` seconds after its answer came
+back (the answer always comes after the server counted the write). Then no span of
+``window`` seconds, wherever the server's window starts, sees more than N writes.
+Waiters are served in arrival order (``asyncio.Lock`` is FIFO), so rotations that
+come due together go out in due order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+
+class WritePacer:
+    """Admit writes under a sliding-window limit and a concurrency limit."""
+
+    def __init__(
+        self,
+        writes: int,
+        window: float,
+        concurrency: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.writes = writes
+        self.window = window
+        self.concurrency = concurrency
+        self._clock = clock
+        self._answered: collections.deque[float] = collections.deque()  # answer times
+        self._in_flight = 0
+        self._admission = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Return how many writes are under way."""
+        return self._in_flight
+
+    def wait_time(self) -> float:
+        """Return how long until one more write may start (0 when it may start now)."""
+        now = self._clock()
+        while self._answered and self._answered[0] + self.window <= now:
+            self._answered.popleft()
+        if self._in_flight >= self.concurrency:
+            return float("inf")  # until a write in flight is answered
+        if self._in_flight + len(self._answered) < self.writes:
+            return 0.0
+        if len(self._answered) == 0:
+            return float("inf")
+        # The oldest answered write leaves the window first.
+        return self._answered[0] + self.window - now
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for a place, hold it while the write runs, count it from its answer."""
+        async with self._admission:
+            while (delay := self.wait_time()) > 0:
+                self._changed.clear()
+                timeout = None if delay == float("inf") else delay
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._answered.append(self._clock())
+            self._changed.set()
+
+    def reconfigure(self, writes: int, window: float, concurrency: int) -> None:
+        """Take new limits (config reload); writes already counted stay counted."""
+        self.writes, self.window, self.concurrency = writes, window, concurrency
+        self._changed.set()

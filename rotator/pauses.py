@@ -1,0 +1,244 @@
+"""Pauses of the whole key or of one account, kept in the state and ended on time.
+
+A pause is set by the policy (rate limits, billing, a rejected key, an account
+that needs attention). Rotations that meet a pause wait for it to end and then go
+on; nothing is written meanwhile. Each pause logs ``pause.started`` once and
+``pause.ended`` once. When a pause is due to end, a check that costs no credits may
+keep it going instead: the free ``GET /credits`` for billing pauses, the free
+``GET /x/accounts`` for account pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from rotator.logs import emit
+from rotator.policy import PauseKind, PolicySettings, doubling
+from rotator.state import PauseScope, StateStore
+
+CreditsCheck = Callable[[], Awaitable[bool | None]]
+AccountCheck = Callable[[str], Awaitable[bool | None]]
+_KINDS: frozenset[str] = frozenset(
+    {"rate_limit", "x_rate_limited", "daily", "account", "credits", "auth"}
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActivePause:
+    """One pause in force."""
+
+    scope: PauseScope
+    account: str | None
+    kind: PauseKind
+    reason: str
+    until: dt.datetime
+    level: int
+    started: dt.datetime
+
+    def describe(self) -> str:
+        """Return a one-line summary (``credits (insufficient_credits) until ...``)."""
+        who = "all accounts" if self.scope == "key" else self.account
+        return f"{who}: {self.kind} ({self.reason}) until {self.until.isoformat()}"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PauseBoard:
+    """The pauses in force, their persistence, and the tasks that end them."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        settings: PolicySettings,
+        *,
+        check_credits: CreditsCheck | None = None,
+        check_account: AccountCheck | None = None,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self._state = state
+        self.settings = settings
+        self._check_credits = check_credits
+        self._check_account = check_account
+        self._clock = clock
+        self._pauses: dict[tuple[PauseScope, str | None], ActivePause] = {}
+        self._levels: dict[tuple[str, str | None, str], int] = {}
+        self._timers: dict[tuple[PauseScope, str | None], asyncio.Task[None]] = {}
+        self._changed = asyncio.Condition()
+
+    # -- reading -------------------------------------------------------------------
+
+    def active(self, account: str) -> ActivePause | None:
+        """Return the pause that holds writes for ``account`` (the key's first)."""
+        return self._pauses.get(("key", None)) or self._pauses.get(("account", account))
+
+    def all(self) -> list[ActivePause]:
+        """Return every pause in force."""
+        return list(self._pauses.values())
+
+    def level_for(self, scope: PauseScope, account: str | None, kind: PauseKind) -> int:
+        """Return how many times this pause came back without a success in between."""
+        return self._levels.get((scope, account if scope == "account" else None, kind), 0)
+
+    # -- changing ------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Take up the pauses kept in the state (a restart does not end them early)."""
+        for row in self._state.pauses():
+            kind, _, reason = row.reason.partition(":")
+            if kind not in _KINDS:
+                continue
+            scope = row.scope
+            account = row.account if scope == "account" else None
+            pause = ActivePause(
+                scope=scope,
+                account=account,
+                kind=cast(PauseKind, kind),
+                reason=reason or kind,
+                until=row.until,
+                level=row.level,
+                started=row.started,
+            )
+            self._levels[(scope, account, kind)] = row.level + 1
+            self._pauses[(scope, account)] = pause
+            self._arm(pause)
+
+    def pause(
+        self,
+        *,
+        scope: PauseScope,
+        account: str | None,
+        kind: PauseKind,
+        reason: str,
+        seconds: float,
+    ) -> ActivePause:
+        """Pause writes of the key or of one account for ``seconds`` (extend, never shorten)."""
+        now = self._clock()
+        account = account if scope == "account" else None
+        until = now + dt.timedelta(seconds=max(0.0, seconds))
+        current = self._pauses.get((scope, account))
+        if current is not None and current.until >= until and current.kind == kind:
+            return current
+        level = self.level_for(scope, account, kind)
+        pause = ActivePause(
+            scope=scope,
+            account=account,
+            kind=kind,
+            reason=reason,
+            until=until,
+            level=level,
+            started=current.started if current is not None else now,
+        )
+        self._store(pause)
+        self._levels[(scope, account, kind)] = level + 1
+        if current is None:
+            emit(
+                "pause.started",
+                scope=scope,
+                account=account,
+                reason=reason,
+                kind=kind,
+                until=until.isoformat(),
+                seconds=round(seconds, 3),
+            )
+        self._arm(pause)
+        return pause
+
+    def succeeded(self, account: str) -> None:
+        """Forget pause levels after a successful write (the trouble has passed)."""
+        for key in [k for k in self._levels if k[0] == "key" or k[1] == account]:
+            del self._levels[key]
+
+    async def end(self, scope: PauseScope, account: str | None, why: str) -> bool:
+        """End a pause now (``rotator resume``, a new key); False when there was none."""
+        account = account if scope == "account" else None
+        pause = self._pauses.pop((scope, account), None)
+        self._state.clear_pause(scope=scope, account=account)
+        timer = self._timers.pop((scope, account), None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        if pause is None:
+            return False
+        emit("pause.ended", scope=scope, account=account, reason=pause.reason, why=why)
+        async with self._changed:
+            self._changed.notify_all()
+        return True
+
+    async def sync(self) -> None:
+        """End the pauses that were cleared in the state by ``rotator resume``."""
+        kept = {
+            (row.scope, row.account if row.scope == "account" else None)
+            for row in self._state.pauses()
+        }
+        for scope, account in [key for key in self._pauses if key not in kept]:
+            await self.end(scope, account, "resumed by hand")
+
+    async def wait(self, account: str) -> None:
+        """Wait until no pause holds writes for ``account``."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.active(account) is None)
+
+    async def close(self) -> None:
+        """Stop the timers (the pauses stay in the state for the next start)."""
+        timers = list(self._timers.values())
+        self._timers.clear()
+        for timer in timers:
+            timer.cancel()
+        for timer in timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+
+    # -- internals -----------------------------------------------------------------
+
+    def _store(self, pause: ActivePause) -> None:
+        self._pauses[(pause.scope, pause.account)] = pause
+        self._state.set_pause(
+            scope=pause.scope,
+            account=pause.account,
+            reason=f"{pause.kind}:{pause.reason}",
+            until=pause.until,
+            level=pause.level,
+            now=self._clock(),
+        )
+
+    def _arm(self, pause: ActivePause) -> None:
+        key = (pause.scope, pause.account)
+        old = self._timers.pop(key, None)
+        if old is not None and old is not asyncio.current_task():
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().create_task(self._run_out(key))
+
+    async def _run_out(self, key: tuple[PauseScope, str | None]) -> None:
+        """Sleep until the pause's end, then end it or, if a free check says so, extend it."""
+        while (pause := self._pauses.get(key)) is not None:
+            remaining = (pause.until - self._clock()).total_seconds()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            extension = await self._still_needed(pause)
+            if extension is None:
+                await self.end(pause.scope, pause.account, "time is up")
+                return
+            extended = dataclasses.replace(
+                pause, until=self._clock() + dt.timedelta(seconds=extension)
+            )
+            self._store(extended)
+
+    async def _still_needed(self, pause: ActivePause) -> float | None:
+        """Return how much longer a pause must last by a free check, or None to end it."""
+        if pause.kind == "credits" and self._check_credits is not None:
+            # Only a balance that shows credits ends it: never spend a write to find out.
+            return None if await self._check_credits() is True else self.settings.pause_credits
+        if pause.kind == "account" and self._check_account is not None and pause.account:
+            if await self._check_account(pause.account) is not False:
+                return None
+            level = self.level_for("account", pause.account, "account")
+            self._levels[("account", pause.account, "account")] = level + 1
+            return doubling(self.settings.pause_account, level, self.settings.pause_max)
+        return None

@@ -1,0 +1,405 @@
+"""One rotation of one entry: pick the image, send it, act on the answer, record it.
+
+This is the trip down the architecture's line: catalog → planner → pacer → client →
+policy → state. The daemon and ``rotator rotate`` both use it. A rotation loops
+until the policy says it is done or given up: retries keep the same image,
+refused images give way to the next one, pauses are waited out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import random
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from rotator.catalog import Catalog, CatalogImage, Payload, natural_key
+from rotator.client import FilePayload, XquikClient, idempotency_key
+from rotator.config import AccountEntry, ApiSection
+from rotator.errors import ImageError
+from rotator.logs import emit
+from rotator.outcomes import Outcome
+from rotator.pacer import WritePacer
+from rotator.pauses import PauseBoard
+from rotator.planner import Position, advance, next_image
+from rotator.policy import Attempt, Decision, PolicySettings, decide, pause_of
+from rotator.state import StateStore
+
+ResultKind = Literal["uploaded", "would_upload", "skipped", "uncertain", "paused"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RotationResult:
+    """How one rotation ended."""
+
+    entry_id: str
+    account: str
+    kind: ResultKind
+    image: str | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether the avatar changed (or would have, in a dry run)."""
+        return self.kind in {"uploaded", "would_upload"}
+
+
+@dataclasses.dataclass
+class _Rotation:
+    """One rotation in progress."""
+
+    entry: AccountEntry
+    catalog: Catalog
+    rotation_id: str
+    tries: int = 0
+    generation: int = 0  # bumped whenever the same image needs a new Idempotency-Key
+    excluded: set[str] = dataclasses.field(default_factory=set)  # refused in this rotation
+    as_file: bool = False  # the URL could not be fetched: send the bytes
+    replay_key: str | None = None  # set: send the last write again under its own key
+    chosen: str | None = None  # the image being sent (kept across retries)
+    image: CatalogImage | None = None
+    payload: Payload | None = None
+
+    def ready(self) -> tuple[CatalogImage, Payload]:
+        """Return the image and the bytes being sent (set by ``Rotator._prepare``)."""
+        if self.image is None or self.payload is None:
+            raise RuntimeError("rotation has no image prepared")
+        return self.image, self.payload
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Rotator:
+    """Run rotations against the Xquik API (or pretend to, in a dry run)."""
+
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        client: XquikClient | None,
+        pacer: WritePacer,
+        pauses: PauseBoard,
+        policy: PolicySettings,
+        api: ApiSection,
+        fitted_dir: Path,
+        rng: random.Random | None = None,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.state = state
+        self.client = client  # None: dry run, nothing is ever sent
+        self.pacer = pacer
+        self.pauses = pauses
+        self.policy = policy
+        self.api = api
+        self.fitted_dir = fitted_dir
+        self._rng = rng or random.Random()  # noqa: S311 - picking images is not cryptography
+        self._clock = clock
+        self.writing: set[asyncio.Task[object]] = set()  # tasks with a request on the wire
+
+    @property
+    def dry_run(self) -> bool:
+        """Tell whether writes are only logged."""
+        return self.client is None
+
+    async def rotate(
+        self,
+        entry: AccountEntry,
+        catalog: Catalog,
+        *,
+        image: str | None = None,
+        wait_for_pauses: bool = True,
+    ) -> RotationResult:
+        """Change ``entry``'s avatar once; ``image`` forces the image (a relative path)."""
+        rot = _Rotation(entry=entry, catalog=catalog, rotation_id=uuid.uuid4().hex, chosen=image)
+        pending = self.state.pending_write(entry.entry_id)
+        if pending is not None and image is None:
+            # The last write of this entry got no answer (or the daemon died meanwhile):
+            # send it again under the same key, so the server tells what became of it.
+            known = catalog.get(pending.image)
+            if known is not None and known.verdict.sha256 == pending.source_sha256:
+                rot.chosen = pending.image
+                rot.replay_key = pending.idempotency_key
+                rot.rotation_id = pending.rotation_id
+        while True:
+            pause = self.pauses.active(entry.account)
+            if pause is not None:
+                if not wait_for_pauses:
+                    return self._result(rot, "paused", pause.describe())
+                await self.pauses.wait(entry.account)
+            if not await self._prepare(rot):
+                emit("rotation.skipped", account=entry.account, reason="no usable image")
+                return self._result(rot, "skipped", "no usable image")
+            if self.client is None:
+                return self._pretend(rot)
+            key = rot.replay_key or self._new_key(rot)
+            outcome = await self._send(rot, key)
+            if outcome is None:  # a pause began while this write waited for its turn
+                continue
+            rot.tries += 1
+            attempt = Attempt(
+                tries=rot.tries,
+                pause_level=self._pause_level(rot, outcome),
+                url_mode=self._url_for(rot) is not None,
+            )
+            decision = decide(outcome, attempt, self.policy, self._rng)
+            result = self._act(rot, outcome, decision)
+            if result is not None:
+                return result
+            rot.replay_key = key if decision.action == "replay" else None
+            if decision.action in {"retry", "replay"} and decision.delay > 0:
+                await asyncio.sleep(decision.delay)
+
+    # -- steps -----------------------------------------------------------------------
+
+    async def _prepare(self, rot: _Rotation) -> bool:
+        """Pick the image (unless one is kept) and load its bytes; False when none is left."""
+        while True:
+            image = self._choose(rot)
+            if image is None:
+                return False
+            try:
+                rot.payload = await asyncio.to_thread(
+                    rot.catalog.load_payload, image, self.fitted_dir
+                )
+            except ImageError as exc:
+                emit(
+                    "image.rejected",
+                    path=image.relative,
+                    folder=str(rot.catalog.folder),
+                    reason=str(exc),
+                )
+                rot.excluded.add(image.relative)
+                rot.chosen = None
+                continue
+            rot.image = image
+            return True
+
+    def _choose(self, rot: _Rotation) -> CatalogImage | None:
+        if rot.chosen is not None:
+            kept = rot.catalog.get(rot.chosen)
+            if kept is not None and rot.chosen not in rot.excluded:
+                return kept
+            rot.chosen, rot.replay_key = None, None  # it went away meanwhile
+        refused = self.state.rejected_by_server()
+        usable = {image.relative: image for image in rot.catalog.usable()}
+        names = [name for name, image in usable.items() if image.verdict.sha256 not in refused]
+        saved = self.state.entry(rot.entry.entry_id)
+        position = Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle)
+        name = next_image(
+            rot.entry.order,
+            names,
+            position,
+            self._rng,
+            sort_key=natural_key,
+            exclude=rot.excluded,
+        )
+        if name is None:
+            return None
+        rot.chosen = name
+        return usable[name]
+
+    def _new_key(self, rot: _Rotation) -> str:
+        assert rot.payload is not None
+        return idempotency_key(
+            rot.entry.entry_id, rot.payload.sha256, rot.rotation_id, rot.generation
+        )
+
+    def _url_for(self, rot: _Rotation) -> str | None:
+        """Return the public URL to send instead of the bytes, or None to send the file."""
+        image = rot.image
+        if self.api.upload != "url" or rot.as_file or image is None or image.verdict.needs_fit:
+            return None  # a fitted copy is not at the public URL
+        base = (rot.entry.public_base_url or self.api.public_base_url or "").rstrip("/")
+        return f"{base}/{quote(image.relative)}"
+
+    async def _send(self, rot: _Rotation, key: str) -> Outcome | None:
+        """Send the write when the pacer allows; None when a pause began meanwhile."""
+        assert self.client is not None
+        image, payload = rot.ready()
+        url = self._url_for(rot)
+        self.state.begin_write(
+            entry_id=rot.entry.entry_id,
+            account=rot.entry.account,
+            image=image.relative,
+            sha256=payload.sha256,
+            source_sha256=payload.source_sha256,
+            idempotency_key=key,
+            rotation_id=rot.rotation_id,
+            now=self._clock(),
+        )
+        async with self.pacer.slot():
+            if self.pauses.active(rot.entry.account) is not None:
+                return None
+            task = asyncio.current_task()
+            if task is not None:
+                self.writing.add(task)
+            try:
+                if url is not None:
+                    return await self.client.update_avatar(
+                        rot.entry.account, idempotency_key=key, url=url
+                    )
+                file = FilePayload(data=payload.data, filename=payload.filename, mime=payload.mime)
+                return await self.client.update_avatar(
+                    rot.entry.account, idempotency_key=key, file=file
+                )
+            finally:
+                if task is not None:
+                    self.writing.discard(task)
+
+    def _pause_level(self, rot: _Rotation, outcome: Outcome) -> int:
+        """Return how often the pause this outcome calls for has come back already."""
+        target = pause_of(outcome)
+        if target is None:
+            return 0
+        return self.pauses.level_for(target[0], rot.entry.account, target[1])
+
+    def _act(self, rot: _Rotation, outcome: Outcome, decision: Decision) -> RotationResult | None:
+        """Record the answer and return the rotation's result, or None to go on."""
+        entry = rot.entry
+        image, payload = rot.ready()
+        now = self._clock()
+        if decision.action == "done":
+            self._move_on(rot, outcome, now)
+            self.pauses.succeeded(entry.account)
+            emit(
+                "avatar.uploaded",
+                account=entry.account,
+                image=image.relative,
+                bytes=len(payload.data),
+                duration_ms=outcome.duration_ms,
+                request_id=outcome.request_id,
+                fitted=payload.fitted is not None,
+            )
+            return self._result(rot, "uploaded", decision.reason)
+        if decision.action == "uncertain":
+            self.state.record_uncertain(
+                entry_id=entry.entry_id,
+                account=entry.account,
+                image=image.relative,
+                sha256=payload.sha256,
+                source_sha256=payload.source_sha256,
+                error_code=outcome.code,
+                status=outcome.status,
+                message=outcome.message,
+                request_id=outcome.request_id,
+                attempt=rot.tries,
+                now=now,
+            )
+            emit(
+                "avatar.uncertain",
+                account=entry.account,
+                image=image.relative,
+                error=decision.reason,
+                status=outcome.status,
+                request_id=outcome.request_id,
+            )
+            return self._result(rot, "uncertain", decision.reason)
+
+        retry_in = decision.delay if decision.action in {"retry", "replay"} else None
+        self.state.record_failure(
+            entry_id=entry.entry_id,
+            account=entry.account,
+            image=image.relative,
+            sha256=payload.sha256,
+            source_sha256=payload.source_sha256,
+            outcome=outcome.kind,
+            error_code=outcome.code,
+            status=outcome.status,
+            message=outcome.message,
+            request_id=outcome.request_id,
+            attempt=rot.tries,
+            keep_pending=decision.action == "replay",
+            now=now,
+        )
+        emit(
+            "avatar.failed",
+            account=entry.account,
+            image=image.relative,
+            error=decision.reason,
+            status=outcome.status,
+            message=outcome.message,
+            attempt=rot.tries,
+            retry_in_s=None if retry_in is None else round(retry_in, 3),
+            action=decision.action,
+        )
+        if decision.action == "give_up" or (
+            decision.counts_as_try and rot.tries >= self.policy.attempts
+        ):
+            why = decision.detail or "out of tries"
+            emit("rotation.skipped", account=entry.account, reason=f"{decision.reason}: {why}")
+            return self._result(rot, "skipped", decision.reason)
+        if decision.action == "next_image":
+            self.state.mark_rejected_by_server(
+                sha256=payload.source_sha256, path=image.relative, code=decision.reason, now=now
+            )
+            rot.excluded.add(image.relative)
+            rot.chosen = None
+        elif decision.action == "as_file":
+            rot.as_file = True
+        elif decision.action == "pause":
+            assert decision.pause is not None
+            self.pauses.pause(
+                scope="key" if decision.scope == "key" else "account",
+                account=entry.account,
+                kind=decision.pause,
+                reason=decision.reason,
+                seconds=decision.delay,
+            )
+            rot.generation += 1
+        elif decision.action in {"retry", "new_key"}:  # same image, a new Idempotency-Key
+            rot.generation += 1
+        return None
+
+    def _pretend(self, rot: _Rotation) -> RotationResult:
+        """Do everything but the write: log it and move the position on."""
+        image, payload = rot.ready()
+        self._move_on(rot, None, self._clock())
+        emit(
+            "avatar.would_upload",
+            account=rot.entry.account,
+            image=image.relative,
+            bytes=len(payload.data),
+            mime=payload.mime,
+            fitted=payload.fitted is not None,
+        )
+        return self._result(rot, "would_upload", "dry run")
+
+    def _move_on(self, rot: _Rotation, outcome: Outcome | None, now: dt.datetime) -> None:
+        """Record the image as sent and the position after it, in one transaction."""
+        image, payload = rot.ready()
+        saved = self.state.entry(rot.entry.entry_id)
+        position = advance(
+            rot.entry.order,
+            [usable.relative for usable in rot.catalog.usable()],
+            Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle),
+            image.relative,
+        )
+        self.state.record_success(
+            entry_id=rot.entry.entry_id,
+            account=rot.entry.account,
+            image=image.relative,
+            sha256=payload.sha256,
+            source_sha256=payload.source_sha256,
+            shown_in_cycle=position.shown_in_cycle,
+            request_id=outcome.request_id if outcome else None,
+            status=outcome.status if outcome else None,
+            duration_ms=outcome.duration_ms if outcome else 0,
+            now=now,
+        )
+
+    @staticmethod
+    def _result(rot: _Rotation, kind: ResultKind, reason: str) -> RotationResult:
+        return RotationResult(
+            entry_id=rot.entry.entry_id,
+            account=rot.entry.account,
+            kind=kind,
+            image=rot.image.relative if rot.image is not None else None,
+            reason=reason,
+        )

@@ -1,0 +1,603 @@
+"""The daemon: wires every part together and owns the event loop, signals and reloads.
+
+``Daemon.run`` is the lifecycle: open the state (one daemon per state dir), scan the
+image folders, start watching them, schedule every entry, tell systemd READY, then
+serve until SIGTERM/SIGINT. Signal handlers only set a flag or queue a reload; the
+loop does the work. On the way out the daemon stops taking work, lets writes
+already on the wire finish (at most ``DRAIN_SECONDS``), and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import random
+import signal
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+from pathlib import Path
+
+from rotator import __version__
+from rotator.catalog import Catalog
+from rotator.images import FitSettings, ImageVerdict
+from rotator.client import XquikClient
+from rotator.config import AccountEntry, ApiKey, Settings, find_api_key, load_settings
+from rotator.errors import ConfigError, RotatorError
+from rotator.logs import add_secret, configure, emit
+from rotator.pacer import WritePacer
+from rotator.pauses import PauseBoard
+from rotator.policy import PolicySettings
+from rotator.rotation import RotationResult, Rotator
+from rotator.scheduling import RotationScheduler, cron_missed_since
+from rotator.state import StateStore, write_heartbeat
+from rotator.systemd import SystemdNotifier
+from rotator.watcher import FolderWatcher
+
+DRAIN_SECONDS = 10.0  # how long writes already sent may take to finish on shutdown
+HEARTBEAT_SECONDS = 10.0
+FITTED_DIR = "fitted"
+DRY_RUN_DIR = "dry-run"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# -- small translations between config and the parts ---------------------------------
+
+
+def policy_settings(settings: Settings) -> PolicySettings:
+    """Return the policy's numbers from ``[retry]`` and ``[pause]``."""
+    return PolicySettings(
+        retry_initial=settings.retry.initial,
+        retry_max=settings.retry.max,
+        attempts=settings.retry.attempts,
+        pause_credits=settings.pause.credits,
+        pause_account=settings.pause.account,
+        pause_auth=settings.pause.auth,
+        pause_max=settings.pause.max,
+    )
+
+
+def fit_settings(settings: Settings) -> FitSettings:
+    """Return the image fitting settings from ``[images]``."""
+    images = settings.images
+    return FitSettings(
+        fit=images.fit,
+        size=images.size,
+        crop=images.crop,
+        max_bytes=images.max_bytes,
+        max_source_bytes=images.max_source_bytes,
+        max_pixels=images.max_pixels,
+    )
+
+
+def state_dir_for(settings: Settings, *, dry_run: bool) -> Path:
+    """Return the state directory; a dry run keeps its own, so it never moves real positions."""
+    return settings.state_dir / DRY_RUN_DIR if dry_run else settings.state_dir
+
+
+class StateValidationCache:
+    """The catalog's validation cache, kept in the state database."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    def get(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
+        """Return the cached verdict of a file, if it has not changed since."""
+        row = self._state.cache_get(path, size, mtime_ns)
+        if row is None:
+            return None
+        try:
+            return ImageVerdict(**row)  # type: ignore[arg-type]
+        except TypeError:  # written by another version: look at the file again
+            return None
+
+    def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
+        """Remember a file's verdict."""
+        self._state.cache_put(path, size, mtime_ns, dataclasses.asdict(verdict))
+
+    def forget(self, path: str) -> None:
+        """Drop a file's verdict."""
+        self._state.cache_forget(path)
+
+
+@dataclasses.dataclass
+class _EntryRun:
+    """An entry and its rotation in progress."""
+
+    entry: AccountEntry
+    catalog: Catalog
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+class Daemon:
+    """The long-running service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api_key: ApiKey | None,
+        *,
+        dry_run: bool,
+        environ: Mapping[str, str],
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api_key = api_key
+        self.dry_run = dry_run
+        self.environ = environ
+        self.notifier = notifier or SystemdNotifier(None)
+        self.state_dir = state_dir_for(settings, dry_run=dry_run)
+        self._rng = random.Random()  # noqa: S311 - jitter is not cryptography
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._runs: dict[str, _EntryRun] = {}
+        self._catalogs: dict[Path, Catalog] = {}
+        self._catalog_locks: dict[Path, asyncio.Lock] = {}
+        self._old_clients: list[XquikClient] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until asked to stop; return the exit code."""
+        loop = asyncio.get_running_loop()
+        self.state = StateStore.open(self.state_dir, lock=True)
+        try:
+            return await self._serve(loop)
+        finally:
+            self.state.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
+        settings = self.settings
+        self.client = self._make_client(settings, self.api_key)
+        self.pacer = WritePacer(
+            settings.rate_limit.writes, settings.rate_limit.window, settings.rate_limit.concurrency
+        )
+        self.pauses = PauseBoard(
+            self.state,
+            policy_settings(settings),
+            check_credits=self._credits_available,
+            check_account=self._account_healthy,
+        )
+        self.rotator = Rotator(
+            state=self.state,
+            client=self.client,
+            pacer=self.pacer,
+            pauses=self.pauses,
+            policy=policy_settings(settings),
+            api=settings.api,
+            fitted_dir=self.state_dir / FITTED_DIR,
+        )
+        self.scheduler = RotationScheduler(self._on_due, self._on_missed)
+        self.watcher = FolderWatcher(
+            loop,
+            mode=settings.watch.mode,
+            settle=settings.watch.settle,
+            poll_interval=settings.watch.poll_interval,
+            log=emit,
+            on_file_ready=self._on_file_ready,
+            on_path_gone=self._on_path_gone,
+            on_dir_appeared=self._on_dir_appeared,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        try:
+            emit(
+                "daemon.started",
+                version=__version__,
+                config=str(settings.config_path),
+                entries=len(settings.accounts),
+                accounts=sorted({entry.account for entry in settings.accounts}),
+                dry_run=self.dry_run,
+                state_dir=str(self.state_dir),
+                key_source=self.api_key.source if self.api_key else None,
+                pid=os.getpid(),
+            )
+            self.pauses.restore()
+            await self._set_entries(settings.accounts)
+            self.watcher.start()
+            self.scheduler.start()
+            self._schedule_all(_now(), first_start=True)
+            self.notifier.ready(self._status_line())
+            self._spawn(self._tick(settings.watch.rescan))
+            await self._main_loop()
+        finally:
+            await self._shutdown(loop)
+        return 0
+
+    async def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload_requested.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._reload_requested.is_set() and not self._stop.is_set():
+                self._reload_requested.clear()
+                await self._reload()
+
+    async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop taking work, let writes on the wire finish, close everything."""
+        self.notifier.stopping()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        self.scheduler.shutdown()
+        tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
+        writing = [task for task in tasks if task in self.rotator.writing]
+        for task in tasks:
+            if task not in self.rotator.writing:
+                task.cancel()
+        if writing:
+            await asyncio.wait(writing, timeout=DRAIN_SECONDS)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.pauses.close()
+        await asyncio.to_thread(self.watcher.stop)
+        for client in [self.client, *self._old_clients]:
+            if client is not None:
+                await client.aclose()
+        emit("daemon.stopped", reason="signal", drained=len(writing))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _tick(self, rescan_every: float) -> None:
+        """Beat the heartbeat and the systemd watchdog; rescan the folders now and then."""
+        interval = HEARTBEAT_SECONDS
+        if self.notifier.watchdog_interval:
+            interval = min(interval, self.notifier.watchdog_interval)
+        last_rescan = asyncio.get_running_loop().time()
+        while True:
+            self.notifier.watchdog()
+            self._beat()
+            self.watcher.check_alive()
+            now = asyncio.get_running_loop().time()
+            if now - last_rescan >= self.settings.watch.rescan:
+                last_rescan = now
+                for folder in list(self._catalogs):
+                    await self._rescan(folder)
+            await asyncio.sleep(min(interval, max(rescan_every, 0.1)))
+
+    def _beat(self) -> None:
+        summary = {
+            "pid": os.getpid(),
+            "dry_run": self.dry_run,
+            "pauses": [pause.describe() for pause in self.pauses.all()],
+            "pause_kinds": sorted({pause.kind for pause in self.pauses.all()}),
+            "next_due": {
+                entry_id: when.isoformat()
+                for entry_id in self._runs
+                if (when := self.scheduler.next_due(entry_id)) is not None
+            },
+            "status": self._status_line(),
+        }
+        with contextlib.suppress(OSError):
+            write_heartbeat(self.state_dir, _now(), summary)
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        accounts = {run.entry.account for run in self._runs.values()}
+        due = [
+            (when, run.entry.account)
+            for entry_id, run in self._runs.items()
+            if (when := self.scheduler.next_due(entry_id)) is not None
+        ]
+        parts = [f"{len(accounts)} accounts, {len(self._runs)} entries"]
+        if due:
+            when, account = min(due)
+            parts.append(
+                f"next rotation {when.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC ({account})"
+            )
+        pauses = self.pauses.all()
+        if pauses:
+            parts.append(f"{len(pauses)} paused: " + "; ".join(p.describe() for p in pauses))
+        if self.dry_run:
+            parts.append("dry run")
+        return ", ".join(parts)
+
+    # -- entries, catalogs, schedules ------------------------------------------------
+
+    async def _set_entries(
+        self, entries: Sequence[AccountEntry]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Make the entries in force be ``entries``; return added, removed, changed ids."""
+        wanted = {entry.entry_id: entry for entry in entries}
+        removed = [entry_id for entry_id in self._runs if entry_id not in wanted]
+        for entry_id in removed:
+            run = self._runs.pop(entry_id)
+            self.scheduler.remove(entry_id)
+            if run.task is not None and run.task not in self.rotator.writing:
+                run.task.cancel()
+        added: list[str] = []
+        changed: list[str] = []
+        fits = fit_settings(self.settings)
+        for entry_id, entry in wanted.items():
+            folder = entry.folder
+            if folder not in self._catalogs:
+                self._catalogs[folder] = Catalog(
+                    folder, fits, StateValidationCache(self.state), emit
+                )
+                self._catalog_locks[folder] = asyncio.Lock()
+                await self._rescan(folder)
+                with contextlib.suppress(RotatorError, OSError):
+                    self.watcher.watch(folder)
+            existing = self._runs.get(entry_id)
+            if existing is None:
+                self._runs[entry_id] = _EntryRun(entry=entry, catalog=self._catalogs[folder])
+                added.append(entry_id)
+            elif existing.entry != entry:
+                existing.entry = entry
+                changed.append(entry_id)
+        in_use = {entry.folder for entry in entries}
+        for folder in [folder for folder in self._catalogs if folder not in in_use]:
+            del self._catalogs[folder]
+            del self._catalog_locks[folder]
+            self.watcher.unwatch(folder)
+        return added, removed, changed
+
+    def _schedule_all(
+        self, now: dt.datetime, *, first_start: bool, only: set[str] | None = None
+    ) -> None:
+        for entry_id, run in self._runs.items():
+            if only is not None and entry_id not in only:
+                continue
+            self._schedule(run, now, first_start=first_start)
+
+    def _schedule(self, run: _EntryRun, now: dt.datetime, *, first_start: bool) -> None:
+        """(Re)schedule one entry from its config and its history."""
+        entry = run.entry
+        saved = self.state.entry(entry.entry_id)
+        schedule = entry.schedule
+        if schedule.every is None:
+            self.scheduler.schedule_cron(entry.entry_id, schedule, entry.timezone)
+            if saved.last_fire is None:
+                self.state.record_fire(entry.entry_id, entry.account, now)
+            elif first_start and cron_missed_since(schedule, entry.timezone, saved.last_fire, now):
+                # Missed while the daemon was down: run once now (coalesced), not once per miss.
+                self._on_due(entry.entry_id)
+            return
+        when = now
+        if saved.last_success is not None:
+            when = max(now, saved.last_success + dt.timedelta(seconds=schedule.every))
+        self.scheduler.schedule_at(entry.entry_id, when + self._jitter(entry))
+
+    def _jitter(self, entry: AccountEntry) -> dt.timedelta:
+        return (
+            dt.timedelta(seconds=self._rng.uniform(0, entry.jitter))
+            if entry.jitter
+            else dt.timedelta()
+        )
+
+    def _on_due(self, entry_id: str) -> None:
+        """Start a rotation for an entry, or merge it into the one still waiting."""
+        run = self._runs.get(entry_id)
+        if run is None or self._stop.is_set():
+            return
+        self.state.record_fire(entry_id, run.entry.account, _now())
+        if run.busy:
+            emit("rotation.merged", account=run.entry.account, entry=entry_id)
+            return
+        run.task = asyncio.get_running_loop().create_task(self._rotate(run))
+
+    def _on_missed(self, entry_id: str, kind: str) -> None:
+        emit("schedule.missed", entry=entry_id, kind=kind)
+
+    async def _rotate(self, run: _EntryRun) -> None:
+        entry = run.entry
+        try:
+            if entry.schedule.every is None and entry.jitter:
+                await asyncio.sleep(self._jitter(entry).total_seconds())
+            await self.rotator.rotate(entry, run.catalog)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one entry's failure must not stop the daemon
+            emit("rotation.skipped", account=entry.account, reason=f"internal error: {exc}")
+        finally:
+            every = run.entry.schedule.every
+            if (
+                every is not None
+                and not self._stop.is_set()
+                and self._runs.get(entry.entry_id) is run
+            ):
+                # "every D" counts from this rotation's end: the success just recorded.
+                when = _now() + dt.timedelta(seconds=every) + self._jitter(run.entry)
+                self.scheduler.schedule_at(entry.entry_id, when)
+
+    # -- folders -----------------------------------------------------------------------
+
+    def _catalogs_for(self, path: Path) -> list[Path]:
+        return [
+            folder for folder in self._catalogs if path == folder or path.is_relative_to(folder)
+        ]
+
+    async def _rescan(self, folder: Path) -> None:
+        catalog = self._catalogs.get(folder)
+        if catalog is None:
+            return
+        async with self._catalog_locks[folder]:
+            result = await asyncio.to_thread(catalog.scan)
+            catalog.apply_scan(result)
+
+    def _on_file_ready(self, path: Path) -> None:
+        for folder in self._catalogs_for(path):
+            self._spawn(self._inspect(folder, path))
+
+    async def _inspect(self, folder: Path, path: Path) -> None:
+        catalog = self._catalogs.get(folder)
+        if catalog is None:
+            return
+        async with self._catalog_locks[folder]:
+            result = await asyncio.to_thread(catalog.inspect_path, path)
+            if result is None:
+                catalog.remove_path(path)
+            else:
+                catalog.apply_file(result)
+
+    def _on_path_gone(self, path: Path) -> None:
+        for folder in self._catalogs_for(path):
+            self._catalogs[folder].remove_path(path)
+
+    def _on_dir_appeared(self, path: Path) -> None:
+        for folder in self._catalogs_for(path):
+            self._spawn(self._rescan(folder))
+
+    # -- free reads for pauses -----------------------------------------------------------
+
+    async def _credits_available(self) -> bool | None:
+        if self.client is None:
+            return None
+        try:
+            balance = await self.client.credits_balance()
+        except RotatorError as exc:
+            emit("credits.check_failed", error=str(exc))
+            return None
+        emit("credits.checked", balance=balance, needed=self.settings.api.credits_per_call)
+        return balance >= self.settings.api.credits_per_call
+
+    async def _account_healthy(self, account: str) -> bool | None:
+        if self.client is None:
+            return None
+        try:
+            accounts = await self.client.x_accounts()
+        except RotatorError as exc:
+            emit("accounts.check_failed", error=str(exc))
+            return None
+        for known in accounts:
+            if account.lower().lstrip("@") in {known.username.lower(), known.id, known.x_user_id}:
+                return known.health in {"healthy", ""} and known.status in {"active", ""}
+        return False
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def _make_client(self, settings: Settings, key: ApiKey | None) -> XquikClient | None:
+        if self.dry_run or key is None:
+            return None
+        return _client(settings, key)
+
+    async def _reload(self) -> None:
+        """Re-read the config; keep the old one if the new one is invalid."""
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.settings.config_path, self.environ)
+            key = None if self.dry_run else find_api_key(new, self.environ)
+            if not self.dry_run and key is None:
+                raise ConfigError("no API key found (set XQUIK_API_KEY or api.key_file)")
+        except ConfigError as exc:
+            emit("daemon.reload_failed", problems=exc.problems, kept="the running config")
+            self.notifier.ready(self._status_line())
+            return
+        old = self.settings
+        self.settings = new
+        configure(new.log.level, new.log.format)
+        self.pacer.reconfigure(
+            new.rate_limit.writes, new.rate_limit.window, new.rate_limit.concurrency
+        )
+        self.pauses.settings = policy_settings(new)
+        self.rotator.policy = policy_settings(new)
+        self.rotator.api = new.api
+        new_key = key is not None and (
+            self.api_key is None or key.reveal() != self.api_key.reveal()
+        )
+        if new_key or new.api.base_url != old.api.base_url or new.api.timeout != old.api.timeout:
+            if self.client is not None:
+                self._old_clients.append(self.client)  # requests on the wire keep using it
+            self.client = self._make_client(new, key)
+            self.rotator.client = self.client
+            self.api_key = key
+        if new_key:
+            await self.pauses.end("key", None, "a new API key was loaded")
+        await self.pauses.sync()
+        added, removed, changed = await self._set_entries(new.accounts)
+        self._schedule_all(_now(), first_start=False, only=set(added) | set(changed))
+        emit(
+            "daemon.reloaded",
+            entries=len(self._runs),
+            added=added,
+            removed=removed,
+            changed=changed,
+            new_key=new_key,
+        )
+        self.notifier.ready(self._status_line())
+
+
+async def rotate_now(
+    settings: Settings,
+    key: ApiKey | None,
+    entries: Sequence[AccountEntry],
+    *,
+    image: str | None,
+    dry_run: bool,
+) -> list[RotationResult]:
+    """Rotate ``entries`` once now (``rotator rotate``); pauses are reported, not waited."""
+    state_dir = state_dir_for(settings, dry_run=dry_run)
+    with StateStore.open(state_dir, lock=True) as state:
+        pauses = PauseBoard(state, policy_settings(settings))
+        pauses.restore()
+        client = None if dry_run or key is None else _client(settings, key)
+        rotator = Rotator(
+            state=state,
+            client=client,
+            pacer=WritePacer(
+                settings.rate_limit.writes,
+                settings.rate_limit.window,
+                settings.rate_limit.concurrency,
+            ),
+            pauses=pauses,
+            policy=policy_settings(settings),
+            api=settings.api,
+            fitted_dir=state_dir / FITTED_DIR,
+        )
+        catalogs: dict[Path, Catalog] = {}
+        jobs = []
+        for entry in entries:
+            if entry.folder not in catalogs:
+                catalog = Catalog(
+                    entry.folder, fit_settings(settings), StateValidationCache(state), emit
+                )
+                catalog.apply_scan(await asyncio.to_thread(catalog.scan))
+                catalogs[entry.folder] = catalog
+            forced = _forced_image(entry, image)
+            if image is not None and forced is None:
+                continue
+            jobs.append(
+                rotator.rotate(entry, catalogs[entry.folder], image=forced, wait_for_pauses=False)
+            )
+        if not jobs:
+            raise ConfigError(f"--image: {image} is not inside the folder of any chosen entry")
+        try:
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await pauses.close()
+            if client is not None:
+                await client.aclose()
+
+
+def _forced_image(entry: AccountEntry, image: str | None) -> str | None:
+    """Return ``image`` relative to the entry's folder, or None when it is not inside."""
+    if image is None:
+        return None
+    path = Path(image).expanduser().resolve()
+    if not path.is_relative_to(entry.folder):
+        return None
+    return path.relative_to(entry.folder).as_posix()
+
+
+def _client(settings: Settings, key: ApiKey) -> XquikClient:
+    add_secret(key.reveal())
+    return XquikClient(settings.api.base_url, key.reveal(), timeout=settings.api.timeout)

@@ -1,0 +1,822 @@
+"""Keep the daemon's durable memory in SQLite: positions, pending writes, history, pauses, cache.
+
+The store lives in ``rotator.db`` inside the state directory. It is the only module that
+imports ``sqlite3`` (and ``fcntl``, for the one-daemon-per-directory lock).
+
+Durability: WAL journal with ``synchronous=FULL`` and one short transaction per write
+(``BEGIN IMMEDIATE`` … ``COMMIT``, never a long-lived open transaction), so a ``kill -9``
+or a power cut at any moment keeps every committed row. A write is recorded *before* the
+request leaves (``begin_write``) and its result in one transaction (``record_success``):
+after a crash the next image is the one after the last success, or the pending one again,
+replayed with the same Idempotency-Key.
+
+Threading: the daemon calls the store from the event loop, and the catalog calls the
+validation cache from worker threads during scans. One connection is opened with
+``check_same_thread=False`` and every use of it is serialised by a ``threading.Lock``.
+
+Datetimes are stored as ISO 8601 UTC text with microseconds (so text order is time order)
+and returned as aware UTC datetimes; naive datetimes are refused with ``ValueError``.
+
+The API key is never stored: there is no method that takes it, and messages handed to the
+store come from the client, which never puts the key in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from rotator.errors import StateError, StateLockedError, StateVersionError
+
+DB_NAME = "rotator.db"
+LOCK_NAME = "rotator.lock"
+HEARTBEAT_NAME = "heartbeat.json"
+HEARTBEAT_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+MAX_MESSAGE_CHARS = 500  # a proxy's HTML error page must not bloat the history
+MAX_LAST_ERROR_CHARS = 200
+
+PauseScope = Literal["key", "account"]
+CacheRow = tuple[str, int, int, Mapping[str, object]]  # path, size, mtime_ns, verdict
+
+# Migration i takes the schema from version i to i + 1; the schema version is their count.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE entries (
+            entry_id TEXT PRIMARY KEY, account TEXT NOT NULL,
+            last_image TEXT, last_image_sha256 TEXT, last_success TEXT,
+            last_attempt TEXT, last_error TEXT,
+            shown_in_cycle TEXT NOT NULL DEFAULT '[]', last_fire TEXT,
+            uncertain INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE pending_writes (
+            entry_id TEXT PRIMARY KEY, account TEXT NOT NULL, image TEXT NOT NULL,
+            sha256 TEXT NOT NULL, source_sha256 TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+            rotation_id TEXT NOT NULL, started TEXT NOT NULL)""",
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
+            entry_id TEXT NOT NULL, account TEXT NOT NULL, image TEXT, sha256 TEXT,
+            source_sha256 TEXT, outcome TEXT NOT NULL, error_code TEXT, status INTEGER,
+            request_id TEXT, message TEXT NOT NULL, attempt INTEGER NOT NULL,
+            duration_ms INTEGER)""",
+        "CREATE INDEX history_time ON history (time)",
+        "CREATE INDEX history_entry ON history (entry_id, id)",
+        # account is '' for scope "key": NULLs would never collide in the primary key.
+        """CREATE TABLE pauses (
+            scope TEXT NOT NULL, account TEXT NOT NULL, reason TEXT NOT NULL,
+            until TEXT NOT NULL, level INTEGER NOT NULL, started TEXT NOT NULL,
+            PRIMARY KEY (scope, account))""",
+        """CREATE TABLE rejected_images (
+            sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, code TEXT NOT NULL,
+            time TEXT NOT NULL)""",
+        """CREATE TABLE validation_cache (
+            path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+            verdict TEXT NOT NULL)""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EntryState:
+    """Where one entry (account + image folder) stands; all empty for an unknown entry."""
+
+    entry_id: str
+    account: str | None = None
+    last_image: str | None = None  # path relative to the entry's folder
+    last_image_sha256: str | None = None  # hash of the bytes sent
+    last_success: dt.datetime | None = None
+    last_attempt: dt.datetime | None = None
+    last_error: str | None = None  # "code: message"
+    shown_in_cycle: frozenset[str] = frozenset()
+    last_fire: dt.datetime | None = None  # when its schedule last fired (cron catch-up)
+    uncertain: bool = False  # the last write's outcome is unknown
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PendingWrite:
+    """A write recorded before its request was sent, to replay with the same key."""
+
+    entry_id: str
+    account: str
+    image: str
+    sha256: str
+    source_sha256: str
+    idempotency_key: str
+    rotation_id: str
+    started: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HistoryRow:
+    """One audit row: a write attempt and what came of it."""
+
+    time: dt.datetime
+    entry_id: str
+    account: str
+    image: str | None
+    sha256: str | None
+    source_sha256: str | None
+    outcome: str
+    error_code: str | None
+    status: int | None
+    request_id: str | None
+    message: str
+    attempt: int
+    duration_ms: int | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Pause:
+    """A pause of the whole key or of one account, kept across restarts."""
+
+    scope: PauseScope
+    account: str | None  # None for scope "key"
+    reason: str
+    until: dt.datetime
+    level: int  # how many times in a row it was extended, for doubling
+    started: dt.datetime
+
+
+def _time_text(value: dt.datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware datetime")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _time_value(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
+def _maybe_time(text: str | None) -> dt.datetime | None:
+    return None if text is None else _time_value(text)
+
+
+def _short(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _error_line(code: str | None, message: str) -> str:
+    line = ": ".join(part for part in (code, message) if part) or "unknown error"
+    return _short(line, MAX_LAST_ERROR_CHARS)
+
+
+class StateStore:
+    """The SQLite store of one state directory; open it with ``StateStore.open``."""
+
+    def __init__(
+        self, state_dir: Path, conn: sqlite3.Connection, lock_fd: int | None, readonly: bool
+    ) -> None:
+        self.state_dir = state_dir
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = conn
+        self._lock_fd = lock_fd
+        self._mutex = threading.Lock()
+
+    # --- opening and closing -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir: Path, *, lock: bool = True, readonly: bool = False) -> StateStore:
+        """Open (creating unless ``readonly``) the store in ``state_dir``.
+
+        ``lock`` takes the directory's flock first (ignored when ``readonly``): a second
+        daemon gets ``StateLockedError``. ``readonly`` opens without the lock, for commands
+        that look while the daemon runs.
+        """
+        state_dir = Path(state_dir)
+        db_path = state_dir / DB_NAME
+        if readonly:
+            if not db_path.is_file():
+                raise StateError(f"no state yet at {state_dir}")
+            return cls(state_dir, _connect(db_path, state_dir, readonly=True), None, True)
+        _make_dir(state_dir)
+        lock_fd = _take_lock(state_dir) if lock else None
+        try:
+            conn = _connect(db_path, state_dir, readonly=False)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(state_dir, conn, lock_fd, False)
+
+    def close(self) -> None:
+        """Close the database and release the directory lock; closing twice is harmless."""
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the descriptor releases the flock
+                self._lock_fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """Run the body as one transaction, serialised with every other use."""
+        if self.readonly:
+            raise StateError(f"the state in {self.state_dir} was opened read-only")
+        with self._mutex:
+            conn = self._live()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write the state in {self.state_dir}: {exc}") from exc
+
+    def _read(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            try:
+                return self._live().execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot read the state in {self.state_dir}: {exc}") from exc
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError(f"the state store for {self.state_dir} is closed")
+        return self._conn
+
+    # --- entries -------------------------------------------------------------------------
+
+    def entry(self, entry_id: str) -> EntryState:
+        """Return where ``entry_id`` stands (all empty if it never ran)."""
+        rows = self._read("SELECT * FROM entries WHERE entry_id = ?", (entry_id,))
+        return _entry_state(rows[0]) if rows else EntryState(entry_id=entry_id)
+
+    def entries(self) -> list[EntryState]:
+        """Return every entry the store knows, by entry id."""
+        return [_entry_state(row) for row in self._read("SELECT * FROM entries ORDER BY entry_id")]
+
+    def record_fire(self, entry_id: str, account: str, now: dt.datetime) -> None:
+        """Remember that the entry's schedule fired at ``now``."""
+        with self._write() as conn:
+            _touch_entry(conn, entry_id, account)
+            conn.execute(
+                "UPDATE entries SET last_fire = ? WHERE entry_id = ?", (_time_text(now), entry_id)
+            )
+
+    def begin_write(
+        self,
+        *,
+        entry_id: str,
+        account: str,
+        image: str,
+        sha256: str,
+        source_sha256: str,
+        idempotency_key: str,
+        rotation_id: str,
+        now: dt.datetime,
+    ) -> None:
+        """Record a write before its request is sent, replacing any pending one."""
+        with self._write() as conn:
+            _touch_entry(conn, entry_id, account)
+            conn.execute(
+                """INSERT OR REPLACE INTO pending_writes VALUES (:entry_id, :account, :image,
+                   :sha256, :source_sha256, :idempotency_key, :rotation_id, :started)""",
+                {
+                    "entry_id": entry_id,
+                    "account": account,
+                    "image": image,
+                    "sha256": sha256,
+                    "source_sha256": source_sha256,
+                    "idempotency_key": idempotency_key,
+                    "rotation_id": rotation_id,
+                    "started": _time_text(now),
+                },
+            )
+            conn.execute(
+                "UPDATE entries SET last_attempt = ? WHERE entry_id = ?",
+                (_time_text(now), entry_id),
+            )
+
+    def pending_write(self, entry_id: str) -> PendingWrite | None:
+        """Return the entry's write whose result was never recorded, if any."""
+        rows = self._read("SELECT * FROM pending_writes WHERE entry_id = ?", (entry_id,))
+        if not rows:
+            return None
+        row = dict(rows[0])
+        row["started"] = _time_value(row["started"])
+        return PendingWrite(**row)
+
+    def record_success(
+        self,
+        *,
+        entry_id: str,
+        account: str,
+        image: str,
+        sha256: str,
+        source_sha256: str,
+        shown_in_cycle: frozenset[str],
+        request_id: str | None,
+        status: int | None,
+        duration_ms: int,
+        now: dt.datetime,
+        attempt: int = 1,
+    ) -> None:
+        """Move the entry's position to ``image``, audit it and clear the pending write, at once."""
+        when = _time_text(now)
+        with self._write() as conn:
+            _touch_entry(conn, entry_id, account)
+            conn.execute(
+                """UPDATE entries SET account = ?, last_image = ?, last_image_sha256 = ?,
+                   last_success = ?, last_attempt = ?, last_error = NULL, uncertain = 0,
+                   shown_in_cycle = ? WHERE entry_id = ?""",
+                (account, image, sha256, when, when, json.dumps(sorted(shown_in_cycle)), entry_id),
+            )
+            _audit(
+                conn,
+                HistoryRow(
+                    time=now,
+                    entry_id=entry_id,
+                    account=account,
+                    image=image,
+                    sha256=sha256,
+                    source_sha256=source_sha256,
+                    outcome="success",
+                    error_code=None,
+                    status=status,
+                    request_id=request_id,
+                    message="",
+                    attempt=attempt,
+                    duration_ms=duration_ms,
+                ),
+            )
+            conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
+
+    def record_failure(
+        self,
+        *,
+        entry_id: str,
+        account: str,
+        image: str | None,
+        sha256: str | None,
+        source_sha256: str | None,
+        outcome: str,
+        error_code: str | None,
+        status: int | None,
+        message: str,
+        request_id: str | None,
+        attempt: int,
+        keep_pending: bool,
+        now: dt.datetime,
+        duration_ms: int | None = None,
+    ) -> None:
+        """Audit a failed attempt and set ``last_error``; the position does not move.
+
+        ``keep_pending`` keeps the pending write (no answer came: replay it later with the
+        same Idempotency-Key); otherwise it is cleared.
+        """
+        self._record_unsuccessful(
+            entry_id=entry_id,
+            account=account,
+            image=image,
+            sha256=sha256,
+            source_sha256=source_sha256,
+            outcome=outcome,
+            error_code=error_code,
+            status=status,
+            message=message,
+            request_id=request_id,
+            attempt=attempt,
+            duration_ms=duration_ms,
+            now=now,
+            keep_pending=keep_pending,
+            uncertain=False,
+        )
+
+    def record_uncertain(
+        self,
+        *,
+        entry_id: str,
+        account: str,
+        image: str | None,
+        sha256: str | None,
+        source_sha256: str | None,
+        error_code: str | None,
+        status: int | None,
+        message: str,
+        request_id: str | None,
+        attempt: int,
+        now: dt.datetime,
+        duration_ms: int | None = None,
+    ) -> None:
+        """Audit a write whose outcome is unknown and flag the entry; the position does not move."""
+        self._record_unsuccessful(
+            entry_id=entry_id,
+            account=account,
+            image=image,
+            sha256=sha256,
+            source_sha256=source_sha256,
+            outcome="uncertain",
+            error_code=error_code,
+            status=status,
+            message=message,
+            request_id=request_id,
+            attempt=attempt,
+            duration_ms=duration_ms,
+            now=now,
+            keep_pending=False,
+            uncertain=True,
+        )
+
+    def _record_unsuccessful(
+        self,
+        *,
+        entry_id: str,
+        account: str,
+        image: str | None,
+        sha256: str | None,
+        source_sha256: str | None,
+        outcome: str,
+        error_code: str | None,
+        status: int | None,
+        message: str,
+        request_id: str | None,
+        attempt: int,
+        duration_ms: int | None,
+        now: dt.datetime,
+        keep_pending: bool,
+        uncertain: bool,
+    ) -> None:
+        when = _time_text(now)
+        with self._write() as conn:
+            _touch_entry(conn, entry_id, account)
+            conn.execute(
+                """UPDATE entries SET last_attempt = ?, last_error = ?, uncertain = ?
+                   WHERE entry_id = ?""",
+                (when, _error_line(error_code, message), int(uncertain), entry_id),
+            )
+            _audit(
+                conn,
+                HistoryRow(
+                    time=now,
+                    entry_id=entry_id,
+                    account=account,
+                    image=image,
+                    sha256=sha256,
+                    source_sha256=source_sha256,
+                    outcome=outcome,
+                    error_code=error_code,
+                    status=status,
+                    request_id=request_id,
+                    message=message,
+                    attempt=attempt,
+                    duration_ms=duration_ms,
+                ),
+            )
+            if not keep_pending:
+                conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
+
+    def history(self, *, limit: int = 50, entry_id: str | None = None) -> list[HistoryRow]:
+        """Return up to ``limit`` audit rows, newest first, of one entry or of all."""
+        if limit < 0:
+            raise ValueError(f"limit must be zero or more, not {limit}")
+        if entry_id is None:
+            rows = self._read("SELECT * FROM history ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                "SELECT * FROM history WHERE entry_id = ? ORDER BY id DESC LIMIT ?",
+                (entry_id, limit),
+            )
+        result = []
+        for row in rows:
+            fields = dict(row)
+            del fields["id"]
+            fields["time"] = _time_value(fields["time"])
+            result.append(HistoryRow(**fields))
+        return result
+
+    def count_writes(self, *, since: dt.datetime, outcomes: Collection[str] | None = None) -> int:
+        """Count audit rows at or after ``since``, optionally only those with given outcomes."""
+        if outcomes is None:
+            rows = self._read("SELECT count(*) FROM history WHERE time >= ?", (_time_text(since),))
+        else:
+            rows = self._read(
+                """SELECT count(*) FROM history WHERE time >= ?
+                   AND outcome IN (SELECT value FROM json_each(?))""",
+                (_time_text(since), json.dumps(sorted(outcomes))),
+            )
+        return int(rows[0][0])
+
+    def prune_history(self, *, before: dt.datetime) -> int:
+        """Delete audit rows older than ``before``; return how many went."""
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM history WHERE time < ?", (_time_text(before),))
+            return cursor.rowcount
+
+    # --- pauses --------------------------------------------------------------------------
+
+    def set_pause(
+        self,
+        *,
+        scope: PauseScope,
+        account: str | None,
+        reason: str,
+        until: dt.datetime,
+        level: int,
+        now: dt.datetime,
+    ) -> None:
+        """Start or extend the pause of the key or of one account.
+
+        ``started`` is kept when an active pause is extended, and reset otherwise.
+        """
+        key = _pause_key(scope, account)
+        when = _time_text(now)
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO pauses VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (scope, account) DO UPDATE SET reason = excluded.reason,
+                   until = excluded.until, level = excluded.level,
+                   started = CASE WHEN pauses.until > excluded.started
+                                  THEN pauses.started ELSE excluded.started END""",
+                (*key, reason, _time_text(until), level, when),
+            )
+
+    def pauses(self) -> list[Pause]:
+        """Return every stored pause, expired ones included, key pause first."""
+        rows = self._read("SELECT * FROM pauses ORDER BY scope = 'account', account")
+        return [
+            Pause(
+                scope=row["scope"],
+                account=row["account"] or None,
+                reason=row["reason"],
+                until=_time_value(row["until"]),
+                level=row["level"],
+                started=_time_value(row["started"]),
+            )
+            for row in rows
+        ]
+
+    def clear_pause(self, *, scope: PauseScope, account: str | None) -> bool:
+        """End a pause; tell whether there was one."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM pauses WHERE scope = ? AND account = ?", _pause_key(scope, account)
+            )
+            return cursor.rowcount > 0
+
+    # --- images the server rejected ------------------------------------------------------
+
+    def mark_rejected_by_server(
+        self, *, sha256: str, path: str, code: str, now: dt.datetime
+    ) -> None:
+        """Remember that the server refused the image with this content hash."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO rejected_images VALUES (?, ?, ?, ?)",
+                (sha256, path, code, _time_text(now)),
+            )
+
+    def rejected_by_server(self) -> dict[str, str]:
+        """Return the content hashes the server refused, each with its error code."""
+        return {row[0]: row[1] for row in self._read("SELECT sha256, code FROM rejected_images")}
+
+    def forget_rejected(self, sha256: str) -> None:
+        """Forget that the server refused this content hash."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM rejected_images WHERE sha256 = ?", (sha256,))
+
+    # --- validation cache ----------------------------------------------------------------
+
+    def cache_get(self, path: str, size: int, mtime_ns: int) -> dict[str, object] | None:
+        """Return the cached verdict for ``path`` if its size and mtime still match."""
+        rows = self._read(
+            "SELECT verdict FROM validation_cache WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (path, size, mtime_ns),
+        )
+        if not rows:
+            return None
+        try:
+            verdict = json.loads(rows[0][0])
+        except ValueError:
+            return None  # an unreadable entry is a miss: the file is validated again
+        return verdict if isinstance(verdict, dict) else None
+
+    def cache_put(self, path: str, size: int, mtime_ns: int, verdict: Mapping[str, object]) -> None:
+        """Store the verdict for ``path`` at this size and mtime, replacing any older one."""
+        self.cache_put_many([(path, size, mtime_ns, verdict)])
+
+    def cache_put_many(self, rows: Iterable[CacheRow]) -> None:
+        """Store many verdicts in one transaction (a cold scan of thousands of files)."""
+        encoded = [(p, s, m, json.dumps(v, sort_keys=True)) for p, s, m, v in rows]
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO validation_cache VALUES (?, ?, ?, ?)", encoded)
+
+    def cache_forget(self, path: str) -> None:
+        """Drop the cached verdict for ``path``."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM validation_cache WHERE path = ?", (path,))
+
+
+# --- connection, lock, schema --------------------------------------------------------------
+
+
+def _make_dir(state_dir: Path) -> None:
+    try:
+        if not state_dir.is_dir():
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create the state directory {state_dir}: {exc}") from exc
+
+
+def _take_lock(state_dir: Path) -> int:
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot open the lock file {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StateLockedError(
+            f"another rotator daemon is using the state directory {state_dir} (pid {holder})"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StateError(f"cannot lock the state directory {state_dir}: {exc}") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Connection:
+    conn: sqlite3.Connection | None = None
+    try:
+        if readonly:
+            target = db_path.absolute().as_uri() + "?mode=ro"
+        else:
+            # Create it 0600 ourselves: sqlite would follow the umask.
+            os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+            target = str(db_path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, DDL included.
+        conn = sqlite3.connect(target, uri=readonly, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        _check_schema(conn, state_dir, readonly=readonly)
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        raise StateError(f"cannot use the state database {db_path}: {exc}") from exc
+    except (OSError, StateError):
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+def _check_schema(conn: sqlite3.Connection, state_dir: Path, *, readonly: bool) -> None:
+    version = _user_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StateVersionError(
+            f"the state in {state_dir} was written by a newer rotator (schema {version}; "
+            f"this one knows up to {SCHEMA_VERSION}); upgrade rotator or use another state dir"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if readonly:
+        raise StateError(
+            f"the state in {state_dir} has schema {version} (this rotator uses "
+            f"{SCHEMA_VERSION}); start the daemon once to upgrade it"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _user_version(conn)  # again, inside the transaction: another may have won
+        for number in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[number]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        _rollback(conn)
+        raise
+    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself after some errors (disk full, I/O): then there is nothing to do.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _touch_entry(conn: sqlite3.Connection, entry_id: str, account: str) -> None:
+    conn.execute(
+        """INSERT INTO entries (entry_id, account) VALUES (?, ?)
+           ON CONFLICT (entry_id) DO UPDATE SET account = excluded.account""",
+        (entry_id, account),
+    )
+
+
+def _audit(conn: sqlite3.Connection, row: HistoryRow) -> None:
+    fields = dataclasses.asdict(row)
+    fields["time"] = _time_text(row.time)
+    fields["message"] = _short(row.message, MAX_MESSAGE_CHARS)
+    conn.execute(
+        """INSERT INTO history (time, entry_id, account, image, sha256, source_sha256, outcome,
+           error_code, status, request_id, message, attempt, duration_ms)
+           VALUES (:time, :entry_id, :account, :image, :sha256, :source_sha256, :outcome,
+           :error_code, :status, :request_id, :message, :attempt, :duration_ms)""",
+        fields,
+    )
+
+
+def _entry_state(row: sqlite3.Row) -> EntryState:
+    return EntryState(
+        entry_id=row["entry_id"],
+        account=row["account"],
+        last_image=row["last_image"],
+        last_image_sha256=row["last_image_sha256"],
+        last_success=_maybe_time(row["last_success"]),
+        last_attempt=_maybe_time(row["last_attempt"]),
+        last_error=row["last_error"],
+        shown_in_cycle=frozenset(json.loads(row["shown_in_cycle"])),
+        last_fire=_maybe_time(row["last_fire"]),
+        uncertain=bool(row["uncertain"]),
+    )
+
+
+def _pause_key(scope: PauseScope, account: str | None) -> tuple[str, str]:
+    if scope == "key":
+        return ("key", "")
+    if scope == "account" and account:
+        return ("account", account)
+    raise ValueError(f"a pause needs scope 'key', or scope 'account' with an account: {scope!r}")
+
+
+# --- heartbeat (a small file, not SQLite: `rotator health` must never wait on a lock) -------
+
+
+def write_heartbeat(state_dir: Path, now: dt.datetime, summary: Mapping[str, object]) -> None:
+    """Replace ``heartbeat.json`` in ``state_dir`` atomically with ``now`` and ``summary``."""
+    body = json.dumps(
+        {"version": HEARTBEAT_VERSION, "time": _time_text(now), "summary": dict(summary)},
+        sort_keys=True,
+    )
+    tmp_name: str | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=state_dir, prefix=".heartbeat.", delete=False
+        ) as tmp:
+            tmp_name = tmp.name
+            tmp.write(body)
+        # No fsync: a heartbeat lost to a power cut is stale anyway.
+        os.replace(tmp_name, Path(state_dir) / HEARTBEAT_NAME)
+    except OSError as exc:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+        raise StateError(f"cannot write the heartbeat in {state_dir}: {exc}") from exc
+
+
+def read_heartbeat(state_dir: Path) -> tuple[dt.datetime, dict[str, object]] | None:
+    """Return the last heartbeat's time and summary, or None if there is none usable."""
+    try:
+        data = json.loads((Path(state_dir) / HEARTBEAT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    version = data.get("version")
+    if isinstance(version, int) and version > HEARTBEAT_VERSION:
+        raise StateVersionError(
+            f"the heartbeat in {state_dir} was written by a newer rotator (version {version}; "
+            f"this one knows up to {HEARTBEAT_VERSION}); upgrade rotator"
+        )
+    summary = data.get("summary")
+    try:
+        when = _time_value(str(data["time"]))
+    except (KeyError, ValueError):
+        return None
+    return (when, summary) if isinstance(summary, dict) else None

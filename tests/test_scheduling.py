@@ -1,0 +1,178 @@
+"""Tests for rotator.scheduling: schedule parsing, cron fire times, DST, missed runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rotator.scheduling import cron_fire_times, cron_missed_since, parse_schedule
+
+UTC = ZoneInfo("UTC")
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def test_parse_cron_schedule() -> None:
+    """Prove a 5-field cron string parses into a cron Schedule keeping its text."""
+    schedule = parse_schedule("0 */6 * * *")
+    assert schedule.is_cron
+    assert schedule.every is None
+    assert str(schedule) == "0 */6 * * *"
+
+
+def test_parse_cron_normalises_whitespace() -> None:
+    """Prove extra spaces and tabs in a cron string do not matter."""
+    assert parse_schedule("  0\t*/6   * * * ").text == "0 */6 * * *"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("every 90m", 5400.0), ("every 30s", 30.0), ("every 1h30m", 5400.0), ("EVERY 2h", 7200.0)],
+)
+def test_parse_every_schedule(text: str, seconds: float) -> None:
+    """Prove 'every <duration>' parses into an interval schedule in seconds."""
+    schedule = parse_schedule(text)
+    assert not schedule.is_cron
+    assert schedule.every == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "61 * * * *",
+        "0 25 * * *",
+        "0 0 32 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "0 0 * * moon",
+        "x * * * *",
+        "*/0 * * * *",
+    ],
+)
+def test_parse_rejects_bad_cron_fields(text: str) -> None:
+    """Prove out-of-range or malformed cron fields are refused, quoting the text."""
+    with pytest.raises(ValueError, match="is not a valid cron expression") as info:
+        parse_schedule(text)
+    assert repr(text) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["* * * * * *", "* * * *", "", "0 0"])
+def test_parse_rejects_wrong_field_counts(text: str) -> None:
+    """Prove cron strings without exactly five fields (seconds field included) are refused."""
+    with pytest.raises(ValueError, match="5 fields"):
+        parse_schedule(text)
+
+
+@pytest.mark.parametrize("text", ["every", "every soon", "every 0s", "every -5m", "every 5x"])
+def test_parse_rejects_bad_every(text: str) -> None:
+    """Prove 'every' without a positive duration is refused."""
+    with pytest.raises(ValueError, match="is not a valid schedule"):
+        parse_schedule(text)
+
+
+def _weekdays(text: str, count: int = 7) -> list[str]:
+    start = dt.datetime(2026, 1, 1, tzinfo=UTC)  # a Thursday
+    return [t.strftime("%a") for t in cron_fire_times(parse_schedule(text), UTC, start, count)]
+
+
+@pytest.mark.parametrize("text", ["0 0 * * 0", "0 0 * * 7", "0 0 * * sun", "0 0 * * SUN"])
+def test_day_of_week_zero_and_seven_are_sunday(text: str) -> None:
+    """Prove standard cron day numbers: 0 and 7 (and 'sun') fire on Sundays only."""
+    assert set(_weekdays(text, 3)) == {"Sun"}
+
+
+@pytest.mark.parametrize(
+    ("text", "days"),
+    [
+        ("0 0 * * 1", {"Mon"}),
+        ("0 0 * * 6", {"Sat"}),
+        ("0 0 * * 1-5", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("0 0 * * mon-fri", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("0 0 * * 5-7", {"Fri", "Sat", "Sun"}),
+        ("0 0 * * fri-mon", {"Fri", "Sat", "Sun", "Mon"}),
+        ("0 0 * * 0,3", {"Sun", "Wed"}),
+        ("0 0 * * */2", {"Sun", "Tue", "Thu", "Sat"}),
+    ],
+)
+def test_day_of_week_ranges_follow_crontab(text: str, days: set[str]) -> None:
+    """Prove day-of-week lists, ranges (wrapping too) and steps count from Sunday = 0."""
+    assert set(_weekdays(text, 14)) == days
+
+
+def test_fire_times_are_strictly_after_and_ordered() -> None:
+    """Prove cron_fire_times starts strictly after 'after' and counts forward."""
+    after = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    times = cron_fire_times(parse_schedule("0 */6 * * *"), UTC, after, 4)
+    assert [t.astimezone(UTC).hour for t in times] == [6, 12, 18, 0]
+    assert times[-1].date() == dt.date(2026, 1, 2)
+
+
+def test_fire_times_use_the_entry_time_zone() -> None:
+    """Prove a cron time is read in the entry's zone (09:00 Berlin = 08:00 UTC in winter)."""
+    after = dt.datetime(2026, 1, 10, tzinfo=UTC)
+    (first,) = cron_fire_times(parse_schedule("0 9 * * *"), BERLIN, after, 1)
+    assert first.astimezone(UTC) == dt.datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
+
+
+def _utc(times: list[dt.datetime]) -> list[dt.datetime]:
+    return [t.astimezone(UTC) for t in times]
+
+
+def test_spring_dst_change_runs_the_skipped_time_once() -> None:
+    """Prove a 02:30 Berlin job across 29 March 2026 (02:00→03:00) runs once a day, no crash."""
+    after = dt.datetime(2026, 3, 27, 12, 0, tzinfo=BERLIN)
+    times = cron_fire_times(parse_schedule("30 2 * * *"), BERLIN, after, 5)
+    instants = _utc(times)
+    assert instants == sorted(set(instants))
+    local_dates = [t.astimezone(BERLIN).date() for t in times]
+    assert len(local_dates) == len(set(local_dates))
+    assert local_dates[0] == dt.date(2026, 3, 28)
+    # The days after the change run at 02:30 summer time again.
+    assert dt.datetime(2026, 3, 30, 0, 30, tzinfo=UTC) in instants
+    assert dt.datetime(2026, 3, 31, 0, 30, tzinfo=UTC) in instants
+
+
+def test_autumn_dst_change_does_not_double_a_daily_job() -> None:
+    """Prove a 02:30 Berlin job runs once on 25 October 2026, when 02:30 happens twice."""
+    after = dt.datetime(2026, 10, 24, 12, 0, tzinfo=BERLIN)
+    times = cron_fire_times(parse_schedule("30 2 * * *"), BERLIN, after, 3)
+    instants = _utc(times)
+    assert instants == sorted(set(instants))
+    local_dates = [t.astimezone(BERLIN).date() for t in times]
+    assert local_dates == [dt.date(2026, 10, 25), dt.date(2026, 10, 26), dt.date(2026, 10, 27)]
+
+
+def test_autumn_dst_change_keeps_frequent_jobs_moving_forward() -> None:
+    """Prove a */30 Berlin job across the October change never repeats or goes back in time."""
+    after = dt.datetime(2026, 10, 25, 0, 0, tzinfo=BERLIN)
+    times = cron_fire_times(parse_schedule("*/30 * * * *"), BERLIN, after, 12)
+    instants = _utc(times)
+    assert len(instants) == 12
+    assert instants == sorted(set(instants))
+    assert instants[-1] > dt.datetime(2026, 10, 25, 3, 0, tzinfo=UTC)
+
+
+def test_missed_since_sees_a_time_inside_the_gap() -> None:
+    """Prove cron_missed_since is true when a cron time fell in (since, now]."""
+    schedule = parse_schedule("0 12 * * *")
+    since = dt.datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    assert cron_missed_since(schedule, UTC, since, dt.datetime(2026, 1, 1, 12, 30, tzinfo=UTC))
+    assert cron_missed_since(schedule, UTC, since, dt.datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+
+
+def test_missed_since_is_false_without_a_time_in_the_gap() -> None:
+    """Prove cron_missed_since is false before the time and for a run exactly at 'since'."""
+    schedule = parse_schedule("0 12 * * *")
+    since = dt.datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    assert not cron_missed_since(schedule, UTC, since, dt.datetime(2026, 1, 1, 11, 59, tzinfo=UTC))
+    at_noon = dt.datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert not cron_missed_since(schedule, UTC, at_noon, at_noon + dt.timedelta(hours=23))
+
+
+def test_missed_since_reads_the_entry_time_zone() -> None:
+    """Prove a missed 09:00 Berlin run is found from UTC instants (08:00 UTC in winter)."""
+    schedule = parse_schedule("0 9 * * *")
+    since = dt.datetime(2026, 1, 10, 7, 30, tzinfo=UTC)
+    assert not cron_missed_since(schedule, BERLIN, since, since + dt.timedelta(minutes=29))
+    assert cron_missed_since(schedule, BERLIN, since, since + dt.timedelta(minutes=31))
