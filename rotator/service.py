@@ -17,15 +17,15 @@ import os
 import random
 import signal
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from rotator import __version__
 from rotator.catalog import Catalog
-from rotator.images import FitSettings, ImageVerdict
 from rotator.client import XquikClient
 from rotator.config import AccountEntry, ApiKey, Settings, find_api_key, load_settings
 from rotator.errors import ConfigError, RotatorError
+from rotator.images import FitSettings, ImageVerdict
 from rotator.logs import add_secret, configure, emit
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard

@@ -6,6 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 from fake_xquik import FakeXquik
+from hypothesis import settings
+
+# Deterministic property tests: the same examples on every run, nothing written to disk.
+settings.register_profile("rotator", derandomize=True, deadline=None, database=None)
+settings.load_profile("rotator")
 
 
 @pytest.fixture

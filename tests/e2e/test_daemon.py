@@ -8,10 +8,9 @@ import signal
 import time
 from pathlib import Path
 
+from conftest import DaemonFactory
 from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
-
-from conftest import DaemonFactory
 
 
 def _two_account_setup(tmp_path: Path, server: FakeXquik) -> tuple[Path, dict[str, bytes]]:
@@ -52,7 +51,8 @@ def test_two_accounts_rotate_in_natural_order_byte_for_byte(
             assert write.file.content_type == expected
             assert write.headers.get("x-api-key") == fake_xquik.api_key
             key = write.idempotency_key
-            assert key is not None and 1 <= len(key) <= 255
+            assert key is not None
+            assert 1 <= len(key) <= 255
     keys = [w.idempotency_key for w in fake_xquik.writes()]
     assert len(set(keys)) == len(keys), "every new write needs a new Idempotency-Key"
     uploaded = daemon.named("avatar.uploaded")
