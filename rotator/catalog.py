@@ -417,7 +417,8 @@ class Catalog:
             except OSError:
                 return FileResult(path, relative, size, mtime_ns, verdict)
             unchanged = (after.st_size, after.st_mtime_ns) == (size, mtime_ns)
-            if unchanged and verdict.size_bytes == size:
+            read_whole = verdict.sha256 is None or verdict.size_bytes == size
+            if unchanged and read_whole:
                 # No bytes read means no content facts: those verdicts are retried, not cached.
                 if verdict.sha256 is not None:
                     self._cache.put(key, size, mtime_ns, verdict)

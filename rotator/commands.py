@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rotator.catalog import Catalog, MemoryValidationCache, natural_key
+from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient
 from rotator.config import (
     AccountEntry,
@@ -29,8 +29,8 @@ from rotator.config import (
     resolve_config_path,
 )
 from rotator.durations import format_duration
-from rotator.errors import ConfigError, MissingKeyError, RotatorError, StateError
-from rotator.images import describe
+from rotator.errors import ConfigError, ImageError, MissingKeyError, RotatorError, StateError
+from rotator.images import FitSettings, describe, fit_image
 from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
@@ -121,13 +121,7 @@ def check(args: argparse.Namespace) -> int:
             catalog = Catalog(entry.folder, fits, MemoryValidationCache(), _quiet)
             catalog.apply_scan(catalog.scan())
             catalogs[entry.folder] = catalog
-        files = [
-            {"path": image.relative, "state": "ok", "detail": describe(image.verdict)}
-            for image in catalog.usable()
-        ]
-        for image in catalog.usable():
-            if image.verdict.needs_fit:
-                files[[f["path"] for f in files].index(image.relative)]["state"] = "fitted"
+        files = [_describe_usable(image, fits) for image in catalog.usable()]
         files += [
             {"path": path, "state": "rejected", "detail": f"rejected: {reason}"}
             for path, reason in catalog.rejected()
@@ -162,6 +156,17 @@ def check(args: argparse.Namespace) -> int:
     else:
         _print_check(report)
     return 0 if report["ok"] else 1
+
+
+def _describe_usable(image: CatalogImage, fits: FitSettings) -> dict[str, str]:
+    """Return a usable file's line; one that needs fitting is fitted, to show the result."""
+    if not image.verdict.needs_fit:
+        return {"path": image.relative, "state": "ok", "detail": describe(image.verdict)}
+    try:
+        fitted = fit_image(image.path, fits)
+    except ImageError as exc:
+        return {"path": image.relative, "state": "rejected", "detail": f"rejected: {exc}"}
+    return {"path": image.relative, "state": "fitted", "detail": describe(fitted)}
 
 
 def _quiet(event: str, **fields: object) -> None:

@@ -258,7 +258,7 @@ def fit_image_bytes(data: bytes, settings: FitSettings) -> FittedImage:
     try:
         with _DECODE_LOCK:
             image, icc = _decode_for_fit(data, settings)
-        encoded, fmt, width, height = _encode_within(image, icc, settings)
+            encoded, fmt, width, height = _encode_within(image, icc, settings)
     except ImageError:
         raise
     except Exception as exc:  # any Pillow failure becomes one clear error

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -32,6 +32,18 @@ _LEVELS = {
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_listeners: list[Callable[[Mapping[str, object]], None]] = []
+
+
+def add_listener(listener: Callable[[Mapping[str, object]], None]) -> None:
+    """Call ``listener`` with every event logged from now on (the metrics count them)."""
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Callable[[Mapping[str, object]], None]) -> None:
+    """Stop calling ``listener``."""
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 def add_secret(value: str) -> None:
@@ -64,6 +76,17 @@ def _redact_value(value: object) -> object:
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
     return value
+
+
+def _notify_listeners(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for listener in list(_listeners):
+        try:
+            listener(event_dict)
+        except Exception:  # a broken listener must not take logging down with it
+            _listeners.remove(listener)
+    return event_dict
 
 
 def _redact(
@@ -109,6 +132,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             # Plain text tracebacks: dict tracebacks would render local variables.
             structlog.processors.format_exc_info,
             _redact,
+            _notify_listeners,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),

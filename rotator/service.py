@@ -16,17 +16,19 @@ import datetime as dt
 import os
 import random
 import signal
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rotator import __version__
-from rotator.catalog import Catalog
+from rotator.catalog import Catalog, prune_fitted
 from rotator.client import XquikClient
 from rotator.config import AccountEntry, ApiKey, Settings, find_api_key, load_settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
-from rotator.logs import add_secret, configure, emit
+from rotator.logs import add_listener, add_secret, configure, emit, remove_listener
+from rotator.metrics import EntryFigures, Metrics, Snapshot
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
@@ -144,6 +146,7 @@ class Daemon:
         self._catalog_locks: dict[Path, asyncio.Lock] = {}
         self._old_clients: list[XquikClient] = []
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics: Metrics | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -203,6 +206,7 @@ class Daemon:
                 key_source=self.api_key.source if self.api_key else None,
                 pid=os.getpid(),
             )
+            self._start_metrics()
             self.pauses.restore()
             await self._set_entries(settings.accounts)
             self.watcher.start()
@@ -247,6 +251,9 @@ class Daemon:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.pauses.close()
         await asyncio.to_thread(self.watcher.stop)
+        if self.metrics is not None:
+            remove_listener(self.metrics.observe)
+            await asyncio.to_thread(self.metrics.close)
         for client in [self.client, *self._old_clients]:
             if client is not None:
                 await client.aclose()
@@ -266,9 +273,10 @@ class Daemon:
         while True:
             self.notifier.watchdog()
             self._beat()
-            self.watcher.check_alive()
+            watching = self.watcher.check_alive()
             now = asyncio.get_running_loop().time()
-            if now - last_rescan >= self.settings.watch.rescan:
+            # A restarted observer may have missed events: rescan at once.
+            if not watching or now - last_rescan >= self.settings.watch.rescan:
                 last_rescan = now
                 for folder in list(self._catalogs):
                     await self._rescan(folder)
@@ -290,6 +298,41 @@ class Daemon:
         with contextlib.suppress(OSError):
             write_heartbeat(self.state_dir, _now(), summary)
         self.notifier.status(self._status_line())
+        if self.metrics is not None:
+            self.metrics.update(self._figures())
+
+    def _start_metrics(self) -> None:
+        address = self.settings.metrics.address
+        if address is None:
+            return
+        self.metrics = Metrics(credits_per_call=self.settings.api.credits_per_call)
+        host, port = self.metrics.serve(*address)
+        add_listener(self.metrics.observe)
+        emit("metrics.listening", address=f"{host}:{port}", paths=["/metrics", "/healthz"])
+
+    def _figures(self) -> Snapshot:
+        entries = []
+        for entry_id, run in self._runs.items():
+            saved = self.state.entry(entry_id)
+            due = self.scheduler.next_due(entry_id)
+            entries.append(
+                EntryFigures(
+                    account=run.entry.account,
+                    entry=entry_id,
+                    next_rotation=due.timestamp() if due else None,
+                    last_success=saved.last_success.timestamp() if saved.last_success else None,
+                    usable_images=len(run.catalog.usable()),
+                    rejected_images=len(run.catalog.rejected()),
+                )
+            )
+        scopes: dict[str, int] = {}
+        for pause in self.pauses.all():
+            scopes[pause.scope] = scopes.get(pause.scope, 0) + 1
+        return Snapshot(
+            entries=tuple(entries),
+            pauses_by_scope=scopes,
+            taken_at=time.monotonic(),
+        )
 
     def _status_line(self) -> str:
         accounts = {run.entry.account for run in self._runs.values()}
@@ -335,8 +378,11 @@ class Daemon:
                 )
                 self._catalog_locks[folder] = asyncio.Lock()
                 await self._rescan(folder)
-                with contextlib.suppress(RotatorError, OSError):
-                    self.watcher.watch(folder)
+                try:
+                    self.watcher.watch(self._catalogs[folder].folder)
+                except (RotatorError, OSError) as exc:
+                    # A folder that does not exist yet is picked up by the periodic rescan.
+                    emit("watch.failed", folder=str(folder), reason=str(exc))
             existing = self._runs.get(entry_id)
             if existing is None:
                 self._runs[entry_id] = _EntryRun(entry=entry, catalog=self._catalogs[folder])
@@ -346,9 +392,8 @@ class Daemon:
                 changed.append(entry_id)
         in_use = {entry.folder for entry in entries}
         for folder in [folder for folder in self._catalogs if folder not in in_use]:
-            del self._catalogs[folder]
             del self._catalog_locks[folder]
-            self.watcher.unwatch(folder)
+            self.watcher.unwatch(self._catalogs.pop(folder).folder)
         return added, removed, changed
 
     def _schedule_all(
@@ -418,12 +463,17 @@ class Daemon:
                 # "every D" counts from this rotation's end: the success just recorded.
                 when = _now() + dt.timedelta(seconds=every) + self._jitter(run.entry)
                 self.scheduler.schedule_at(entry.entry_id, when)
+            if self.metrics is not None:
+                self.metrics.update(self._figures())
 
     # -- folders -----------------------------------------------------------------------
 
     def _catalogs_for(self, path: Path) -> list[Path]:
+        """Return the folders whose catalog holds ``path`` (watcher paths are resolved)."""
         return [
-            folder for folder in self._catalogs if path == folder or path.is_relative_to(folder)
+            folder
+            for folder, catalog in self._catalogs.items()
+            if path.is_relative_to(catalog.folder)
         ]
 
     async def _rescan(self, folder: Path) -> None:
@@ -433,6 +483,14 @@ class Daemon:
         async with self._catalog_locks[folder]:
             result = await asyncio.to_thread(catalog.scan)
             catalog.apply_scan(result)
+        await self._prune_fitted()
+
+    async def _prune_fitted(self) -> None:
+        """Delete fitted copies whose source is gone from every catalog."""
+        keep: set[str] = set()
+        for catalog in self._catalogs.values():
+            keep |= catalog.fitted_names()
+        await asyncio.to_thread(prune_fitted, self.state_dir / FITTED_DIR, keep)
 
     def _on_file_ready(self, path: Path) -> None:
         for folder in self._catalogs_for(path):
@@ -450,8 +508,11 @@ class Daemon:
                 catalog.apply_file(result)
 
     def _on_path_gone(self, path: Path) -> None:
-        for folder in self._catalogs_for(path):
+        folders = self._catalogs_for(path)
+        for folder in folders:
             self._catalogs[folder].remove_path(path)
+        if folders:
+            self._spawn(self._prune_fitted())
 
     def _on_dir_appeared(self, path: Path) -> None:
         for folder in self._catalogs_for(path):
@@ -572,7 +633,7 @@ async def rotate_now(
                 )
                 catalog.apply_scan(await asyncio.to_thread(catalog.scan))
                 catalogs[entry.folder] = catalog
-            forced = _forced_image(entry, image)
+            forced = _forced_image(catalogs[entry.folder].folder, image)
             if image is not None and forced is None:
                 continue
             jobs.append(
@@ -588,14 +649,14 @@ async def rotate_now(
                 await client.aclose()
 
 
-def _forced_image(entry: AccountEntry, image: str | None) -> str | None:
-    """Return ``image`` relative to the entry's folder, or None when it is not inside."""
+def _forced_image(folder: Path, image: str | None) -> str | None:
+    """Return ``image`` relative to ``folder``, or None when it is not inside."""
     if image is None:
         return None
     path = Path(image).expanduser().resolve()
-    if not path.is_relative_to(entry.folder):
+    if not path.is_relative_to(folder):
         return None
-    return path.relative_to(entry.folder).as_posix()
+    return path.relative_to(folder).as_posix()
 
 
 def _client(settings: Settings, key: ApiKey) -> XquikClient:

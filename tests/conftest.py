@@ -18,3 +18,5 @@ def fake_xquik() -> Iterator[FakeXquik]:
     """Yield a running fake Xquik API with a random key and accounts myxaccount, alice, bob."""
     with FakeXquik(accounts=["myxaccount", "alice", "bob"]) as server:
         yield server
+    # Crashes inside the fake's handler would otherwise only show as odd client outcomes.
+    assert server.errors == [], f"the fake Xquik server failed: {server.errors!r}"

@@ -247,21 +247,34 @@ def test_named_pipe_in_the_folder_is_rejected(tmp_path: Path) -> None:
     assert catalog.rejected() == [("pipe.png", "not a regular file")]
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any folder regardless"
-)
-def test_unreadable_subfolder_is_rejected(tmp_path: Path) -> None:
-    """A subfolder that cannot be listed becomes a rejection, not an exception."""
+def test_unreadable_subfolder_and_file_are_rejected(tmp_path: Path) -> None:
+    """A subfolder that cannot be listed and a file that cannot be read become rejections."""
     put(tmp_path, "ok.png", png())
     locked = tmp_path / "locked"
     put(locked, "a.png", png())
+    secret = put(tmp_path, "secret.png", png())
     locked.chmod(0)
+    secret.chmod(0)
     try:
+        try:
+            os.listdir(locked)
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this process reads folders regardless of permissions (root)")
         catalog, _ = scanned(tmp_path)
     finally:
         locked.chmod(0o755)
     assert relatives(catalog) == ["ok.png"]
-    assert catalog.rejected() == [("locked", "unreadable folder: permission denied")]
+    assert catalog.rejected() == [
+        ("locked", "unreadable folder: permission denied"),
+        ("secret.png", "unreadable: permission denied"),
+    ]
+    secret.chmod(0o644)
+    result = catalog.inspect_path(secret)
+    assert result is not None
+    catalog.apply_file(result)
+    assert relatives(catalog) == ["ok.png", "secret.png"]
 
 
 # -- the validation cache ---------------------------------------------------------------------

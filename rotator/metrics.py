@@ -1,0 +1,173 @@
+"""Prometheus metrics at ``/metrics`` and a liveness answer at ``/healthz``.
+
+The only module that imports prometheus_client. Counters follow the log events
+(``avatar.uploaded``, ``avatar.failed``, ...), so every metric has a log line behind
+it; gauges come from a snapshot the daemon refreshes with its heartbeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+
+from rotator.errors import ConfigError
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EntryFigures:
+    """What one entry looks like right now."""
+
+    account: str
+    entry: str
+    next_rotation: float | None  # epoch seconds
+    last_success: float | None  # epoch seconds
+    usable_images: int
+    rejected_images: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """The gauges' values, refreshed by the daemon with each heartbeat."""
+
+    entries: tuple[EntryFigures, ...] = ()
+    pauses_by_scope: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    taken_at: float = 0.0  # time.monotonic() of the refresh
+
+
+class _SnapshotCollector:
+    """Turn the latest snapshot into gauge families at scrape time."""
+
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snapshot = self._read()
+        pauses = GaugeMetricFamily(
+            "rotator_pauses_active", "Pauses in force, by scope", labels=["scope"]
+        )
+        for scope in ("key", "account"):
+            pauses.add_metric([scope], snapshot.pauses_by_scope.get(scope, 0))
+        next_rotation = GaugeMetricFamily(
+            "rotator_next_rotation_timestamp_seconds",
+            "When each entry rotates next (Unix time)",
+            labels=["account", "entry"],
+        )
+        last_success = GaugeMetricFamily(
+            "rotator_last_success_timestamp_seconds",
+            "When each entry last changed its avatar (Unix time)",
+            labels=["account", "entry"],
+        )
+        images = GaugeMetricFamily(
+            "rotator_images", "Images per entry by state", labels=["account", "entry", "state"]
+        )
+        for item in snapshot.entries:
+            labels = [item.account, item.entry]
+            if item.next_rotation is not None:
+                next_rotation.add_metric(labels, item.next_rotation)
+            if item.last_success is not None:
+                last_success.add_metric(labels, item.last_success)
+            images.add_metric([*labels, "usable"], item.usable_images)
+            images.add_metric([*labels, "rejected"], item.rejected_images)
+        yield from (pauses, next_rotation, last_success, images)
+
+
+class Metrics:
+    """The daemon's metrics and the HTTP server that serves them."""
+
+    def __init__(self, *, credits_per_call: int, stale_after: float = 60.0) -> None:
+        self.credits_per_call = credits_per_call
+        self._stale_after = stale_after
+        self._snapshot = Snapshot(taken_at=time.monotonic())
+        self.registry = CollectorRegistry()
+        self._uploads = Counter(
+            "rotator_uploads",
+            "Avatar writes by account and outcome",
+            ["account", "outcome"],
+            registry=self.registry,
+        )
+        self._credits = Counter(
+            "rotator_credits_spent", "Credits spent on avatar writes", registry=self.registry
+        )
+        collector: Collector = _SnapshotCollector(lambda: self._snapshot)
+        self.registry.register(collector)
+        self._server: ThreadingWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Take the daemon's latest figures."""
+        self._snapshot = snapshot
+
+    def observe(self, event: Mapping[str, object]) -> None:
+        """Count what a log event says happened (called for every event, any thread)."""
+        name = event.get("event")
+        account = str(event.get("account", ""))
+        if name == "avatar.uploaded":
+            self._uploads.labels(account, "success").inc()
+            self._credits.inc(self.credits_per_call)
+        elif name == "avatar.failed":
+            self._uploads.labels(account, str(event.get("error") or "error")).inc()
+        elif name == "avatar.uncertain":
+            self._uploads.labels(account, "uncertain").inc()
+
+    def app(self) -> WsgiApp:
+        """Return the WSGI app: ``/metrics`` (Prometheus text) and ``/healthz``."""
+        metrics_app: WsgiApp = make_wsgi_app(self.registry)
+
+        def route(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                age = time.monotonic() - self._snapshot.taken_at
+                if age <= self._stale_after:
+                    start_response("200 OK", [("Content-Type", "text/plain")])
+                    return [b"ok\n"]
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [f"stale: no heartbeat for {age:.0f}s\n".encode()]
+            if path == "/metrics":
+                return metrics_app(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics or /healthz\n"]
+
+        return route
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Serve in a background thread; return the address bound (port 0 picks one)."""
+        try:
+            server = make_server(
+                host, port, self.app(), ThreadingWSGIServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            raise ConfigError(f"metrics.listen: cannot listen on {host}:{port}: {exc}") from exc
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread.start()
+        bound_host, bound_port = server.server_address[:2]
+        return str(bound_host), int(bound_port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Keep scrapes out of stderr: the daemon's logs are JSON on stdout."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
