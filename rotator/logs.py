@@ -146,7 +146,8 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     root.addHandler(_StdlibBridge(level=logging.WARNING))
     root.setLevel(logging.WARNING)
     # These log request details at INFO/DEBUG; job chatter is ours to log.
-    for name in ("httpx", "httpcore", "apscheduler", "watchdog"):
+    # pydantic-settings logs every source's values (the key too) when debugging is on.
+    for name in ("httpx", "httpcore", "apscheduler", "watchdog", "pydantic_settings"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -162,6 +163,7 @@ EVENT_LEVELS = {
     "avatar.failed": "warning",
     "avatar.uncertain": "warning",
     "rotation.skipped": "warning",
+    "rotation.merged": "debug",  # one per blocked due time: kept out of the info log
     "pause.started": "warning",
     "watch.fallback": "warning",
     "daemon.reload_failed": "error",

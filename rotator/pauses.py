@@ -165,7 +165,15 @@ class PauseBoard:
             timer.cancel()
         if pause is None:
             return False
-        emit("pause.ended", scope=scope, account=account, reason=pause.reason, why=why)
+        emit(
+            "pause.ended",
+            scope=scope,
+            account=account,
+            reason=pause.reason,
+            kind=pause.kind,
+            until=pause.until.isoformat(),
+            why=why,
+        )
         async with self._changed:
             self._changed.notify_all()
         return True

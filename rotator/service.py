@@ -633,9 +633,14 @@ async def rotate_now(
                 )
                 catalog.apply_scan(await asyncio.to_thread(catalog.scan))
                 catalogs[entry.folder] = catalog
-            forced = _forced_image(catalogs[entry.folder].folder, image)
+            catalog = catalogs[entry.folder]
+            forced = _forced_image(catalog.folder, image)
             if image is not None and forced is None:
                 continue
+            if forced is not None and catalog.get(forced) is None:
+                reasons = dict(catalog.rejected())
+                why = reasons.get(forced, "not found among the folder's images")
+                raise ConfigError(f"--image: {image} cannot be sent: {why}")
             jobs.append(
                 rotator.rotate(entry, catalogs[entry.folder], image=forced, wait_for_pauses=False)
             )
