@@ -75,7 +75,10 @@ def _redact_value(value: object) -> object:
         return [_redact_value(item) for item in value]
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else is rendered through its repr, which may carry the key (an exception).
+    return redact_text(repr(value))
 
 
 def _notify_listeners(

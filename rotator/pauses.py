@@ -123,7 +123,7 @@ class PauseBoard:
         account = account if scope == "account" else None
         until = now + dt.timedelta(seconds=max(0.0, seconds))
         current = self._pauses.get((scope, account))
-        if current is not None and current.until >= until and current.kind == kind:
+        if current is not None and current.until >= until:
             return current
         level = self.level_for(scope, account, kind)
         pause = ActivePause(
@@ -233,8 +233,9 @@ class PauseBoard:
             if extension is None:
                 await self.end(pause.scope, pause.account, "time is up")
                 return
+            level = max(pause.level, self.level_for(pause.scope, pause.account, pause.kind) - 1)
             extended = dataclasses.replace(
-                pause, until=self._clock() + dt.timedelta(seconds=extension)
+                pause, until=self._clock() + dt.timedelta(seconds=extension), level=level
             )
             self._store(extended)
 

@@ -119,7 +119,7 @@ def decide(
     if action is not None and action.terminal and code not in RATE_LIMIT_CODES | BILLING_CODES:
         failed = _decide_code(outcome, attempt, settings, rng)
         if failed.action in {"retry", "replay", "new_key"}:
-            if not action.safe_to_retry and not action.retryable:
+            if not action.safe_to_retry:
                 return _give_up(reason, "the failed write is not safe to retry")
             if action.requires_new_key:
                 return dataclasses.replace(failed, action="retry")
@@ -138,6 +138,7 @@ def _decide_code(
     if outcome.kind == "uncertain" or code in UNCERTAIN_CODES:
         return Decision(action="uncertain", scope="attempt", reason=reason)
     if outcome.kind == "no_answer":
+        # The same key again: if the write did happen, the server answers with it.
         return _retry(attempt, settings, rng, reason, action="replay")
     if outcome.kind == "not_sent":
         return _retry(attempt, settings, rng, reason)
@@ -163,18 +164,17 @@ def _decide_code(
             return _give_up(reason, "out of tries")
         return Decision(action="new_key", scope="attempt", reason=reason, counts_as_try=True)
     if code in TRANSIENT_CODES or (status is not None and status >= 500):
-        return _retry(attempt, settings, rng, reason)
+        return _retry(attempt, settings, rng, reason, retry_after=retry_after)
     return _give_up(reason, "not retryable")
 
 
-# 429 codes with a row of their own; any other 429 pauses the whole key.
-_KNOWN_429 = frozenset({"x_rate_limited", "x_daily_limit"})
-
-
 def pause_of(outcome: Outcome) -> tuple[Literal["key", "account"], PauseKind] | None:
-    """Return the scope and kind of pause an answer calls for, or None."""
+    """Return the scope and kind of pause an answer calls for, or None.
+
+    The error code decides first; a 429 with no code of its own pauses the whole key.
+    """
     code, status = outcome.code, outcome.status
-    if code in RATE_LIMIT_CODES or (status == 429 and code not in _KNOWN_429):
+    if code in RATE_LIMIT_CODES:
         return "key", "rate_limit"
     if code == "x_rate_limited":
         return "account", "x_rate_limited"
@@ -186,6 +186,8 @@ def pause_of(outcome: Outcome) -> tuple[Literal["key", "account"], PauseKind] | 
         return "key", "auth"
     if code in ACCOUNT_CODES:
         return "account", "account"
+    if status == 429:
+        return "key", "rate_limit"
     return None
 
 
@@ -211,11 +213,19 @@ def _retry(
     settings: PolicySettings,
     rng: random.Random,
     reason: str,
+    *,
     action: Action = "retry",
+    retry_after: float | None = None,
 ) -> Decision:
     if attempt.tries >= settings.attempts:
+        if action == "replay":
+            # Out of tries, but the write may have happened: keep it pending, so the
+            # next rotation replays it under the same key instead of forgetting it.
+            return Decision(action="replay", scope="attempt", reason=reason, counts_as_try=True)
         return _give_up(reason, "out of tries")
     delay = backoff(settings, attempt.tries - 1, rng)
+    if retry_after is not None:
+        delay = max(delay, retry_after)  # the server's Retry-After is always respected
     return Decision(action=action, scope="attempt", reason=reason, delay=delay, counts_as_try=True)
 
 
