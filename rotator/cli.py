@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from rotator import __version__, commands
+from rotator import __version__
 from rotator.errors import RotatorError
 from rotator.logs import redact_text
 
@@ -82,22 +82,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": commands.run,
-    "check": commands.check,
-    "plan": commands.plan,
-    "rotate": commands.rotate,
-    "status": commands.status,
-    "resume": commands.resume,
-    "health": commands.health,
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        # Imported after parsing: --help, --version and usage errors stay quick.
+        from rotator import commands  # noqa: PLC0415
+
+        command: Callable[[argparse.Namespace], int] = getattr(commands, args.command)
+        return command(args)
     except RotatorError as exc:
         problems = getattr(exc, "problems", None) or [str(exc)]
         for problem in problems:

@@ -29,12 +29,19 @@ from rotator.config import (
     resolve_config_path,
 )
 from rotator.durations import format_duration
-from rotator.errors import ConfigError, ImageError, MissingKeyError, RotatorError, StateError
+from rotator.errors import (
+    ConfigError,
+    ImageError,
+    MissingKeyError,
+    RotatorError,
+    StateError,
+    StateLockedError,
+)
 from rotator.images import FitSettings, describe, fit_image
 from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
-from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now
+from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
 from rotator.state import StateStore, read_heartbeat
 from rotator.systemd import SystemdNotifier
 
@@ -58,6 +65,25 @@ def _key(settings: Settings, environ: Mapping[str, str]) -> ApiKey:
         raise MissingKeyError(NO_KEY)
     add_secret(key.reveal())
     return key
+
+
+def _live_heartbeat(
+    settings: Settings,
+) -> tuple[float, dict[str, object], bool] | None:
+    """Return the age, summary and dry-run flag of the freshest heartbeat, if any.
+
+    A dry-run daemon keeps its own state (and heartbeat) under ``<state dir>/dry-run``.
+    """
+    found = []
+    for dry_run in (False, True):
+        beat = read_heartbeat(state_dir_for(settings, dry_run=dry_run))
+        if beat is not None:
+            found.append(((_now() - beat[0]).total_seconds(), beat[1], dry_run))
+    return min(found, key=lambda item: item[0]) if found else None
+
+
+def _is_fresh(age: float) -> bool:
+    return age <= 3 * HEARTBEAT_SECONDS
 
 
 def _print_json(data: object) -> None:
@@ -128,6 +154,10 @@ def check(args: argparse.Namespace) -> int:
         ]
         files.sort(key=lambda item: natural_key(str(item["path"])))
         problems = []
+        if not entry.folder.is_dir():
+            problems.append(
+                "folder is not a folder" if entry.folder.exists() else "folder does not exist"
+            )
         if not catalog.usable():
             problems.append("no usable image")
         rejected = len(catalog.rejected())
@@ -147,8 +177,15 @@ def check(args: argparse.Namespace) -> int:
         )
         if problems:
             report["ok"] = False
+    # Reading the key surfaces an unreadable api.key_file here, not first at `run`.
+    offline_key = find_api_key(settings, environ)
+    if offline_key is not None:
+        add_secret(offline_key.reveal())
     if args.online:
-        report["online"] = asyncio.run(_check_online(settings, _key(settings, environ)))
+        key = _key(settings, environ)
+        if key.warning:
+            report["warnings"] = [key.warning]
+        report["online"] = asyncio.run(_check_online(settings, key))
         if report["online"]["problems"]:
             report["ok"] = False
     if args.json:
@@ -195,6 +232,8 @@ def _print_check(report: dict[str, Any]) -> None:
             out.write(f"  {line}\n")
         for problem in online["problems"]:
             out.write(f"  problem: {problem}\n")
+    for warning in report.get("warnings", []):
+        out.write(f"\nwarning: {warning}\n")
     out.write("\nall good\n" if report["ok"] else "\nproblems found\n")
 
 
@@ -334,13 +373,14 @@ def status(args: argparse.Namespace) -> int:
     now = _now()
     state_dir = settings.state_dir
     report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
-    heartbeat = read_heartbeat(state_dir)
-    running = heartbeat is not None and (now - heartbeat[0]).total_seconds() < 3 * HEARTBEAT_SECONDS
-    report["daemon"] = "running" if running else "not running"
+    beat = _live_heartbeat(settings)
+    running = beat is not None and _is_fresh(beat[0])
+    report["daemon"] = "not running"
     next_due: dict[str, Any] = {}
-    if heartbeat is not None and running:
-        raw = heartbeat[1].get("next_due")
-        next_due = raw if isinstance(raw, dict) else {}
+    if beat is not None and running:
+        report["daemon"] = "running (dry run)" if beat[2] else "running"
+        raw = beat[1].get("next_due")
+        next_due = raw if isinstance(raw, dict) and not beat[2] else {}
     try:
         with StateStore.open(state_dir, lock=False, readonly=True) as state:
             rows = {row.entry_id: row for row in state.entries()}
@@ -407,13 +447,22 @@ def resume(args: argparse.Namespace) -> int:
     """End pauses by hand: the key's and every account's, or one account's."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    ended: list[str] = []
     try:
-        store = StateStore.open(settings.state_dir, lock=False)
+        # Taking the lock proves no daemon runs; if one does, it is told below.
+        store, daemon_running = StateStore.open(settings.state_dir, lock=True), False
+    except StateLockedError:
+        store, daemon_running = StateStore.open(settings.state_dir, lock=False), True
     except StateError as exc:
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
-        for pause in state.pauses():
+        pauses = state.pauses()
+        accounts = {entry.account for entry in settings.accounts}
+        if args.account is not None and args.account not in accounts | {
+            str(pause.account) for pause in pauses
+        }:
+            raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
+        ended = []
+        for pause in pauses:
             if args.account is not None and pause.account != args.account:
                 continue
             state.clear_pause(scope=pause.scope, account=pause.account)
@@ -422,9 +471,9 @@ def resume(args: argparse.Namespace) -> int:
         sys.stdout.write("no pause to end\n")
         return 0
     sys.stdout.write("ended the pause of " + ", ".join(ended) + "\n")
-    heartbeat = read_heartbeat(settings.state_dir)
-    pid = heartbeat[1].get("pid") if heartbeat else None
-    if isinstance(pid, int) and pid > 0:
+    beat = _live_heartbeat(settings)
+    pid = beat[1].get("pid") if beat is not None and not beat[2] else None
+    if daemon_running and beat is not None and _is_fresh(beat[0]) and isinstance(pid, int):
         # The running daemon re-reads its pauses from the state on SIGHUP.
         try:
             os.kill(pid, signal.SIGHUP)
@@ -441,19 +490,21 @@ def health(args: argparse.Namespace) -> int:
     """Exit 0 when the running daemon's heartbeat is fresh, 1 otherwise, with one line."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    state_dir = settings.state_dir
-    heartbeat = read_heartbeat(state_dir)
-    if heartbeat is None:
-        sys.stdout.write(f"unhealthy: no heartbeat in {state_dir} (is the daemon running?)\n")
+    beat = _live_heartbeat(settings)
+    if beat is None:
+        sys.stdout.write(
+            f"unhealthy: no heartbeat in {settings.state_dir} (is the daemon running?)\n"
+        )
         return 1
-    when, summary = heartbeat
-    age = (_now() - when).total_seconds()
-    if age > 3 * HEARTBEAT_SECONDS:
+    age, summary, dry_run = beat
+    if not _is_fresh(age):
         sys.stdout.write(
             f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)\n"
         )
         return 1
     line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
+    if dry_run:
+        line += " (dry run)"
     kinds = summary.get("pause_kinds")
     if isinstance(kinds, list) and kinds:
         # A credits or auth pause needs a person, not a restart: report it, stay healthy.

@@ -738,7 +738,20 @@ class ApiKey:
         return self.value.reveal()
 
 
+def _looks_like_a_key(name: str) -> bool:
+    """Tell whether a file name is probably the key itself, pasted in the wrong place."""
+    return name.startswith("xq_") or (
+        len(name) >= 32 and name.replace("_", "").replace("-", "").isalnum()
+    )
+
+
 def _read_key(path: Path, label: str, *, missing_ok: bool) -> str | None:
+    if not path.exists() and _looks_like_a_key(path.name):
+        # Naming the path would print the key: say what is wrong without it.
+        raise ConfigError(
+            f"{label}: looks like the API key itself, not a file name; put the key in a "
+            "file (chmod 600) and name that file here, or set XQUIK_API_KEY"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError) as exc:

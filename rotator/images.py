@@ -209,7 +209,7 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
     except MemoryError:
         return rejected("too large to decode", fmt, size)
     except Exception:  # Pillow raises many types on corrupt input
-        return rejected(f"truncated or corrupt {(fmt or 'image').upper()}", fmt, size)
+        return rejected(f"truncated or corrupt {fmt.upper() if fmt else 'image'}", fmt, size)
 
     # Both are set before the decode can succeed.
     assert fmt is not None

@@ -78,6 +78,10 @@ class PauseBoard:
         """Return the pause that holds writes for ``account`` (the key's first)."""
         return self._pauses.get(("key", None)) or self._pauses.get(("account", account))
 
+    def current(self, scope: PauseScope, account: str | None) -> ActivePause | None:
+        """Return the pause in force for exactly this scope (and account), if any."""
+        return self._pauses.get((scope, account if scope == "account" else None))
+
     def all(self) -> list[ActivePause]:
         """Return every pause in force."""
         return list(self._pauses.values())
@@ -125,6 +129,12 @@ class PauseBoard:
         current = self._pauses.get((scope, account))
         if current is not None and current.until >= until:
             return current
+        if current is not None and current.kind == kind:
+            # Writes in flight together meet the same pause: extend it, do not double it.
+            extended = dataclasses.replace(current, until=until)
+            self._store(extended)
+            self._arm(extended)
+            return extended
         level = self.level_for(scope, account, kind)
         pause = ActivePause(
             scope=scope,

@@ -258,7 +258,12 @@ class Rotator:
         target = pause_of(outcome)
         if target is None:
             return 0
-        return self.pauses.level_for(target[0], rot.entry.account, target[1])
+        scope, kind = target
+        current = self.pauses.current(scope, rot.entry.account)
+        if current is not None and current.kind == kind:
+            # Another write in flight already hit this pause: the same pause, not a return.
+            return current.level
+        return self.pauses.level_for(scope, rot.entry.account, kind)
 
     def _act(self, rot: _Rotation, outcome: Outcome, decision: Decision) -> RotationResult | None:
         """Record the answer and return the rotation's result, or None to go on."""
@@ -279,6 +284,7 @@ class Rotator:
             )
             return self._result(rot, "uploaded", decision.reason)
         if decision.action == "uncertain":
+            # It may have happened: move on rather than send the same image blindly.
             self.state.record_uncertain(
                 entry_id=entry.entry_id,
                 account=entry.account,
@@ -291,6 +297,7 @@ class Rotator:
                 request_id=outcome.request_id,
                 attempt=rot.tries,
                 now=now,
+                shown_in_cycle=self._position_after(rot).shown_in_cycle,
             )
             emit(
                 "avatar.uncertain",
@@ -374,13 +381,7 @@ class Rotator:
     def _move_on(self, rot: _Rotation, outcome: Outcome | None, now: dt.datetime) -> None:
         """Record the image as sent and the position after it, in one transaction."""
         image, payload = rot.ready()
-        saved = self.state.entry(rot.entry.entry_id)
-        position = advance(
-            rot.entry.order,
-            [usable.relative for usable in rot.catalog.usable()],
-            Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle),
-            image.relative,
-        )
+        position = self._position_after(rot)
         self.state.record_success(
             entry_id=rot.entry.entry_id,
             account=rot.entry.account,
@@ -392,6 +393,17 @@ class Rotator:
             status=outcome.status if outcome else None,
             duration_ms=outcome.duration_ms if outcome else 0,
             now=now,
+        )
+
+    def _position_after(self, rot: _Rotation) -> Position:
+        """Return the entry's position once the image being sent counts as sent."""
+        image, _ = rot.ready()
+        saved = self.state.entry(rot.entry.entry_id)
+        return advance(
+            rot.entry.order,
+            [usable.relative for usable in rot.catalog.usable()],
+            Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle),
+            image.relative,
         )
 
     @staticmethod

@@ -34,7 +34,7 @@ from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
 from rotator.rotation import RotationResult, Rotator
 from rotator.scheduling import RotationScheduler, cron_missed_since
-from rotator.state import StateStore, write_heartbeat
+from rotator.state import StateStore, remove_heartbeat, write_heartbeat
 from rotator.systemd import SystemdNotifier
 from rotator.watcher import FolderWatcher
 
@@ -257,6 +257,7 @@ class Daemon:
         for client in [self.client, *self._old_clients]:
             if client is not None:
                 await client.aclose()
+        remove_heartbeat(self.state_dir)
         emit("daemon.stopped", reason="signal", drained=len(writing))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -424,8 +424,14 @@ class StateStore:
         attempt: int,
         now: dt.datetime,
         duration_ms: int | None = None,
+        shown_in_cycle: frozenset[str] | None = None,
     ) -> None:
-        """Audit a write whose outcome is unknown and flag the entry; the position does not move."""
+        """Audit a write whose outcome is unknown and flag the entry.
+
+        With ``shown_in_cycle`` the position moves past ``image`` in the same transaction
+        (the write may have happened: sending it again would be a blind resend), but
+        ``last_success`` stays as it was.
+        """
         self._record_unsuccessful(
             entry_id=entry_id,
             account=account,
@@ -442,6 +448,7 @@ class StateStore:
             now=now,
             keep_pending=False,
             uncertain=True,
+            moved_to=None if shown_in_cycle is None else (image, sha256, shown_in_cycle),
         )
 
     def _record_unsuccessful(
@@ -462,6 +469,7 @@ class StateStore:
         now: dt.datetime,
         keep_pending: bool,
         uncertain: bool,
+        moved_to: tuple[str | None, str | None, frozenset[str]] | None = None,
     ) -> None:
         when = _time_text(now)
         with self._write() as conn:
@@ -471,6 +479,13 @@ class StateStore:
                    WHERE entry_id = ?""",
                 (when, _error_line(error_code, message), int(uncertain), entry_id),
             )
+            if moved_to is not None:
+                last_image, last_sha256, shown = moved_to
+                conn.execute(
+                    """UPDATE entries SET last_image = ?, last_image_sha256 = ?,
+                       shown_in_cycle = ? WHERE entry_id = ?""",
+                    (last_image, last_sha256, json.dumps(sorted(shown)), entry_id),
+                )
             _audit(
                 conn,
                 HistoryRow(
@@ -820,3 +835,9 @@ def read_heartbeat(state_dir: Path) -> tuple[dt.datetime, dict[str, object]] | N
     except (KeyError, ValueError):
         return None
     return (when, summary) if isinstance(summary, dict) else None
+
+
+def remove_heartbeat(state_dir: Path) -> None:
+    """Delete the heartbeat (a clean stop), so no one takes an old pid for a live daemon."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(state_dir) / HEARTBEAT_NAME).unlink()

@@ -454,4 +454,5 @@ def test_container_rotates_reloads_reports_health_and_stops_on_sigterm(
     for path in volumes["state"].rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), f"the key is in {path.name}"
-    assert (volumes["state"] / "heartbeat.json").exists()
+    assert (volumes["state"] / "rotator.db").exists(), "the state went to the /state volume"
+    assert not (volumes["state"] / "heartbeat.json").exists(), "a clean stop clears it"

@@ -8,10 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import DaemonFactory
 from fake_xquik import FakeXquik
 from harness import make_image, write_config
-
-from conftest import DaemonFactory
 
 
 def _free_port() -> int:
@@ -57,5 +56,5 @@ def test_metrics_count_uploads_credits_images_and_pauses(
     assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
     assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
     assert daemon.stop() == 0
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError):
         _get(f"http://127.0.0.1:{port}/healthz")
