@@ -18,7 +18,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -65,6 +65,10 @@ def is_candidate_name(name: str) -> bool:
     return not (name.startswith(".") or name.endswith("~") or lowered.endswith(TEMP_SUFFIXES))
 
 
+CacheEntry = tuple[str, int, int, "ImageVerdict"]  # absolute path, size, mtime_ns, verdict
+CACHE_BATCH = 500  # verdicts stored per write during a scan
+
+
 class ValidationCache(Protocol):
     """Remember verdicts by absolute path, size and mtime so restarts skip decoding."""
 
@@ -74,6 +78,10 @@ class ValidationCache(Protocol):
 
     def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
         """Store the verdict for this path, size and mtime (replacing older ones)."""
+        ...
+
+    def put_many(self, rows: Sequence[CacheEntry]) -> None:
+        """Store several verdicts at once (a scan's: one write instead of thousands)."""
         ...
 
     def forget(self, path: str) -> None:
@@ -100,6 +108,12 @@ class MemoryValidationCache:
         """Store the verdict for this path, size and mtime (replacing older ones)."""
         with self._lock:
             self._entries[path] = (size, mtime_ns, verdict)
+
+    def put_many(self, rows: Sequence[CacheEntry]) -> None:
+        """Store several verdicts at once."""
+        with self._lock:
+            for path, size, mtime_ns, verdict in rows:
+                self._entries[path] = (size, mtime_ns, verdict)
 
     def forget(self, path: str) -> None:
         """Drop whatever is stored for this path."""
@@ -194,8 +208,16 @@ class Catalog:
         if not stat.S_ISDIR(root_status.st_mode):
             return ScanResult(files=(), folder_error="not a folder")
         visited = {(root_status.st_dev, root_status.st_ino)}
-        files = tuple(self._walk(self._root, "", visited))
-        return ScanResult(files=files)
+        pending: list[CacheEntry] = []
+        files = []
+        for result in self._walk(self._root, "", visited, pending):
+            files.append(result)
+            if len(pending) >= CACHE_BATCH:
+                self._cache.put_many(pending)
+                pending.clear()
+        if pending:
+            self._cache.put_many(pending)
+        return ScanResult(files=tuple(files))
 
     def inspect_path(self, path: Path) -> FileResult | None:
         """Judge one path; None when it is not a candidate (hidden, temp, outside, gone, folder)."""
@@ -348,7 +370,11 @@ class Catalog:
     # -- internals ----------------------------------------------------------------------------
 
     def _walk(
-        self, directory: Path, prefix: str, visited: set[tuple[int, int]]
+        self,
+        directory: Path,
+        prefix: str,
+        visited: set[tuple[int, int]],
+        pending: list[CacheEntry],
     ) -> Iterator[FileResult]:
         """Yield a result for every candidate file under ``directory``; never raise."""
         try:
@@ -364,7 +390,7 @@ class Catalog:
             relative = prefix + entry.name
             path = directory / entry.name
             try:
-                yield from self._walk_entry(entry, path, relative, directory, visited)
+                yield from self._walk_entry(entry, path, relative, visited, pending)
             except OSError as exc:  # vanished or unreadable between listing and looking
                 if not isinstance(exc, FileNotFoundError):
                     yield self._rejection(relative, _os_reason(exc))
@@ -374,9 +400,10 @@ class Catalog:
         entry: os.DirEntry[str],
         path: Path,
         relative: str,
-        directory: Path,
         visited: set[tuple[int, int]],
+        pending: list[CacheEntry],
     ) -> Iterator[FileResult]:
+        directory = path.parent
         if entry.is_symlink():
             try:
                 real = os.path.realpath(path, strict=True)
@@ -397,14 +424,24 @@ class Catalog:
                 # Otherwise a second name for a folder already walked: skip the duplicate.
                 return
             visited.add(identity)
-            yield from self._walk(path, f"{relative}/", visited)
+            yield from self._walk(path, f"{relative}/", visited, pending)
         elif stat.S_ISREG(status.st_mode):
-            yield self._judge_file(path, relative, status)
+            yield self._judge_file(path, relative, status, pending)
         else:
             yield self._rejection(relative, "not a regular file")
 
-    def _judge_file(self, path: Path, relative: str, status: os.stat_result) -> FileResult:
-        """Return the cached verdict for this version of the file, or decode it."""
+    def _judge_file(
+        self,
+        path: Path,
+        relative: str,
+        status: os.stat_result,
+        pending: list[CacheEntry] | None = None,
+    ) -> FileResult:
+        """Return the cached verdict for this version of the file, or decode it.
+
+        A new verdict goes into ``pending`` when given (the scan stores them in batches),
+        else straight into the cache.
+        """
         key = str(path)
         for _attempt in range(2):
             size, mtime_ns = status.st_size, status.st_mtime_ns
@@ -420,7 +457,9 @@ class Catalog:
             read_whole = verdict.sha256 is None or verdict.size_bytes == size
             if unchanged and read_whole:
                 # No bytes read means no content facts: those verdicts are retried, not cached.
-                if verdict.sha256 is not None:
+                if verdict.sha256 is not None and pending is not None:
+                    pending.append((key, size, mtime_ns, verdict))
+                elif verdict.sha256 is not None:
                     self._cache.put(key, size, mtime_ns, verdict)
                 return FileResult(path, relative, size, mtime_ns, verdict)
             status = after

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator import __version__
-from rotator.catalog import Catalog, prune_fitted
+from rotator.catalog import CacheEntry, Catalog, prune_fitted
 from rotator.client import XquikClient
 from rotator.config import AccountEntry, ApiKey, Settings, find_api_key, load_settings
 from rotator.errors import ConfigError, RotatorError
@@ -101,6 +101,13 @@ class StateValidationCache:
     def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
         """Remember a file's verdict."""
         self._state.cache_put(path, size, mtime_ns, dataclasses.asdict(verdict))
+
+    def put_many(self, rows: Sequence[CacheEntry]) -> None:
+        """Remember many verdicts in one transaction (one disk sync, not one per file)."""
+        self._state.cache_put_many(
+            (path, size, mtime_ns, dataclasses.asdict(verdict))
+            for path, size, mtime_ns, verdict in rows
+        )
 
     def forget(self, path: str) -> None:
         """Drop a file's verdict."""

@@ -7,6 +7,7 @@ import io
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from rotator.catalog import (
+    CacheEntry,
     Catalog,
     MemoryValidationCache,
     ScanResult,
@@ -73,6 +75,11 @@ class CountingCache:
         """Store and count."""
         self.puts += 1
         self.inner.put(path, size, mtime_ns, verdict)
+
+    def put_many(self, rows: Sequence[CacheEntry]) -> None:
+        """Store and count each row."""
+        self.puts += len(rows)
+        self.inner.put_many(rows)
 
     def forget(self, path: str) -> None:
         """Drop."""
