@@ -59,6 +59,20 @@ class XAccount:
     status: str | None = None
     health: str | None = None  # healthy | needsReauth | locked | suspended | recovering | ...
 
+    @property
+    def usable(self) -> bool:
+        """Tell whether writes can go through it (unknown fields count as fine)."""
+        return self.health in {None, "", "healthy"} and self.status in {None, "", "active"}
+
+
+def find_x_account(accounts: list[XAccount], name: str) -> XAccount | None:
+    """Return the connected account an entry's ``account`` names (username or id), if any."""
+    wanted = name.lower().lstrip("@")
+    for known in accounts:
+        if wanted == known.username.lower() or name in {known.id, known.x_user_id}:
+            return known
+    return None
+
 
 @dataclasses.dataclass(frozen=True)
 class _Answer:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
-from rotator.client import XquikClient
+from rotator.client import XquikClient, find_x_account
 from rotator.config import (
     AccountEntry,
     ApiKey,
@@ -268,18 +268,16 @@ async def _check_online(settings: Settings, key: ApiKey) -> dict[str, Any]:
         except RotatorError as exc:
             problems.append(f"connected accounts could not be read: {exc}")
             return result
-        by_name = {known.username.lower(): known for known in connected}
-        by_id = {known.id: known for known in connected} | {k.x_user_id: k for k in connected}
         result["accounts"] = {}
         for name in sorted({entry.account for entry in settings.accounts}):
-            known = by_name.get(name.lower().lstrip("@")) or by_id.get(name)
+            known = find_x_account(connected, name)
             if known is None:
                 problems.append(f"{name}: not connected to this Xquik account")
                 result["accounts"][name] = None
                 continue
             result["accounts"][name] = {"status": known.status, "health": known.health}
             lines.append(f"{name}: connected, status {known.status}, health {known.health}")
-            if known.health not in ("healthy", "") or known.status not in ("active", ""):
+            if not known.usable:
                 problems.append(f"{name}: {known.status}/{known.health}; see the Xquik dashboard")
     return result
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from rotator import __version__
 from rotator.catalog import CacheEntry, Catalog, prune_fitted
-from rotator.client import XquikClient
+from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, ApiKey, Settings, find_api_key, load_settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
@@ -547,10 +547,8 @@ class Daemon:
         except RotatorError as exc:
             emit("accounts.check_failed", error=str(exc))
             return None
-        for known in accounts:
-            if account.lower().lstrip("@") in {known.username.lower(), known.id, known.x_user_id}:
-                return known.health in {"healthy", ""} and known.status in {"active", ""}
-        return False
+        known = find_x_account(accounts, account)
+        return known is not None and known.usable
 
     # -- reload -----------------------------------------------------------------------------
 
