@@ -498,6 +498,8 @@ class Catalog:
             folder=str(self._root),
             source_format=fitted.source_format,
             source_bytes=fitted.source_bytes,
+            source_width=fitted.source_width,
+            source_height=fitted.source_height,
             format=fitted.format,
             bytes=len(fitted.data),
             width=fitted.width,
