@@ -184,6 +184,7 @@ class Catalog:
         self._cache = cache
         self._log = log
         self._images: dict[str, CatalogImage] = {}
+        self._order: list[str] | None = None  # natural order of self._images, when known
         self._rejected: dict[str, tuple[int, int, str]] = {}
         self._folder_error: str | None = None
 
@@ -310,6 +311,8 @@ class Catalog:
             )
             old = self._images.get(relative)
             self._images[relative] = image
+            if old is None:
+                self._order = None
             if old is None or old.verdict.sha256 != verdict.sha256:
                 self._log(
                     "image.added" if old is None else "image.changed",
@@ -348,7 +351,9 @@ class Catalog:
 
     def usable(self) -> list[CatalogImage]:
         """Return the usable images in natural order."""
-        return [self._images[name] for name in sorted(self._images, key=natural_key)]
+        if self._order is None:  # sorted again only after a file came or went
+            self._order = sorted(self._images, key=natural_key)
+        return [self._images[name] for name in self._order]
 
     def rejected(self) -> list[tuple[str, str]]:
         """Return (relative path, reason) of every rejected path, in natural order."""
@@ -509,6 +514,7 @@ class Catalog:
 
     def _drop(self, relative: str, *, forget: bool = True) -> None:
         image = self._images.pop(relative)
+        self._order = None
         if forget:
             self._cache.forget(str(image.path))
         self._log("image.removed", path=relative, folder=str(self._root))

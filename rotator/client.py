@@ -27,7 +27,7 @@ import httpx
 
 from rotator import __version__
 from rotator.errors import ApiError, ApiReadError
-from rotator.outcomes import Outcome, OutcomeKind, WriteAction
+from rotator.outcomes import UNCERTAIN_CODES, Outcome, OutcomeKind, WriteAction
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,255}")
 MAX_RETRY_AFTER = 86400.0
@@ -35,7 +35,6 @@ MIN_POLL_DELAY = 0.2
 MAX_POLL_DELAY = 60.0
 DEFAULT_POLL_DELAY = 1.0
 MESSAGE_LIMIT = 200
-UNCERTAIN_CODES = frozenset({"x_write_ambiguous", "x_write_unconfirmed"})
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
@@ -190,11 +189,14 @@ class XquikClient:
         idempotency_key: str,
         file: FilePayload | None = None,
         url: str | None = None,
+        on_answer: Callable[[], None] | None = None,
     ) -> Outcome:
         """Change ``account``'s avatar to ``file`` or ``url`` and return what came of it.
 
         A durable write that is still running is polled until it is terminal (never
-        resent); the outcome covers the write and its polls.
+        resent); the outcome covers the write and its polls. ``on_answer`` is called
+        once the write itself is over (answered or failed), before any poll: polls do
+        not count against the write limit.
         """
         if (file is None) == (url is None):
             raise ValueError("update_avatar needs exactly one of file or url")
@@ -207,7 +209,11 @@ class XquikClient:
             request["files"] = {"file": (file.filename, file.data, file.mime)}
         else:
             request["json"] = {"account": account, "url": url}
-        answer = await self._send("PATCH", f"{self._base_url}/x/profile/avatar", **request)
+        try:
+            answer = await self._send("PATCH", f"{self._base_url}/x/profile/avatar", **request)
+        finally:
+            if on_answer is not None:
+                on_answer()
         if isinstance(answer, _Failure):
             outcome = Outcome(kind=answer.kind, message=answer.message)
         else:
@@ -349,7 +355,17 @@ class XquikClient:
             "write_action": action,
         }
         if code == "x_write_ambiguous":
-            return Outcome(kind="uncertain", message=message, **common)
+            # Verify before anything else: poll the write action when there is one.
+            url = self._poll_url(answer, action)
+            if url is None:
+                return Outcome(kind="uncertain", message=message, **common)
+            return await self._poll(
+                url,
+                first_delay=_poll_delay(answer, self._clock()),
+                request_id=request_id,
+                status=answer.status,
+                at_least_once=True,
+            )
         if answer.is_success and action is not None and action.terminal:
             return _terminal_outcome(action, answer.status, request_id, retry_after, message)
         if answer.is_success and (

@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -738,6 +739,9 @@ class ApiKey:
         return self.value.reveal()
 
 
+_SENDABLE_KEY = re.compile(r"[!-~]+")  # printable ASCII without spaces: fits a header
+
+
 def _looks_like_a_key(name: str) -> bool:
     """Tell whether a file name is probably the key itself, pasted in the wrong place."""
     return name.startswith("xq_") or (
@@ -775,8 +779,24 @@ def find_api_key(
 
     Order: $XQUIK_API_KEY, api.key_file, $CREDENTIALS_DIRECTORY/xquik-api-key,
     {secrets_dir}/xquik_api_key, api.key. Surrounding whitespace is stripped and an
-    empty key counts as not found. An unreadable api.key_file raises ``ConfigError``.
+    empty key counts as not found. An unreadable api.key_file, or a key that cannot be
+    sent in an HTTP header (a second line, a space), raises ``ConfigError``.
     """
+    key = _find_api_key(settings, environ, secrets_dir=secrets_dir)
+    if key is not None and not _SENDABLE_KEY.fullmatch(key.reveal()):
+        raise ConfigError(
+            f"the API key from {key.source} has characters that cannot be sent "
+            "(a second line or a space?): the file must hold the key alone"
+        )
+    return key
+
+
+def _find_api_key(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets_dir: Path = _DEFAULT_SECRETS_DIR,
+) -> ApiKey | None:
     environ = os.environ if environ is None else environ
     from_env = environ.get(KEY_ENV, "").strip()
     if from_env:

@@ -36,7 +36,7 @@ _listeners: list[Callable[[Mapping[str, object]], None]] = []
 
 
 def add_listener(listener: Callable[[Mapping[str, object]], None]) -> None:
-    """Call ``listener`` with every event logged from now on (the metrics count them)."""
+    """Call ``listener`` with every event emitted from now on (the metrics count them)."""
     _listeners.append(listener)
 
 
@@ -79,17 +79,6 @@ def _redact_value(value: object) -> object:
         return value
     # Anything else is rendered through its repr, which may carry the key (an exception).
     return redact_text(repr(value))
-
-
-def _notify_listeners(
-    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    for listener in list(_listeners):
-        try:
-            listener(event_dict)
-        except Exception:  # a broken listener must not take logging down with it
-            _listeners.remove(listener)
-    return event_dict
 
 
 def _redact(
@@ -135,7 +124,6 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             # Plain text tracebacks: dict tracebacks would render local variables.
             structlog.processors.format_exc_info,
             _redact,
-            _notify_listeners,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
@@ -175,6 +163,15 @@ EVENT_LEVELS = {
 
 
 def emit(event: str, **fields: object) -> None:
-    """Log ``event`` with ``fields`` at the level the event deserves."""
+    """Log ``event`` with ``fields`` at the level the event deserves.
+
+    Listeners hear every event, whatever the log level lets through: the metrics
+    must not depend on it.
+    """
+    for listener in list(_listeners):
+        try:
+            listener({"event": event, **fields})
+        except Exception as exc:  # a broken listener must not break the caller
+            get_logger().error("daemon.listener_failed", error=f"{type(exc).__name__}: {exc}")
     level = EVENT_LEVELS.get(event, "info")
     getattr(get_logger(), level)(event, **fields)

@@ -7,6 +7,9 @@ from typing import Literal
 
 OutcomeKind = Literal["success", "error", "uncertain", "no_answer", "not_sent"]
 
+# Error codes that say a write may or may not have happened: verify, never resend blindly.
+UNCERTAIN_CODES = frozenset({"x_write_ambiguous", "x_write_unconfirmed"})
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WriteAction:

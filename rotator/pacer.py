@@ -57,9 +57,11 @@ class WritePacer:
         # The oldest answered write leaves the window first.
         return self._answered[0] + self.window - now
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait for a place, hold it while the write runs, count it from its answer."""
+    async def acquire(self) -> Callable[[], None]:
+        """Wait for a place; return the function that gives it back (once; more is a no-op).
+
+        Give it back as soon as the write is answered: that moment starts its window.
+        """
         async with self._admission:
             while (delay := self.wait_time()) > 0:
                 self._changed.clear()
@@ -67,12 +69,27 @@ class WritePacer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout)
             self._in_flight += 1
-        try:
-            yield
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             self._in_flight -= 1
             self._answered.append(self._clock())
             self._changed.set()
+
+        return release
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Callable[[], None]]:
+        """Hold a place while the block runs; it yields ``release`` to give it back early."""
+        release = await self.acquire()
+        try:
+            yield release
+        finally:
+            release()
 
     def reconfigure(self, writes: int, window: float, concurrency: int) -> None:
         """Take new limits (config reload); writes already counted stay counted."""

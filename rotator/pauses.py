@@ -23,6 +23,7 @@ from rotator.state import PauseScope, StateStore
 
 CreditsCheck = Callable[[], Awaitable[bool | None]]
 AccountCheck = Callable[[str], Awaitable[bool | None]]
+RETRY_FAILED_CHECK = 30.0  # seconds before a pause whose end could not be handled is tried again
 _KINDS: frozenset[str] = frozenset(
     {"rate_limit", "x_rate_limited", "daily", "account", "credits", "auth"}
 )
@@ -239,15 +240,19 @@ class PauseBoard:
             if remaining > 0:
                 await asyncio.sleep(remaining)
                 continue
-            extension = await self._still_needed(pause)
-            if extension is None:
-                await self.end(pause.scope, pause.account, "time is up")
-                return
-            level = max(pause.level, self.level_for(pause.scope, pause.account, pause.kind) - 1)
-            extended = dataclasses.replace(
-                pause, until=self._clock() + dt.timedelta(seconds=extension), level=level
-            )
-            self._store(extended)
+            try:
+                extension = await self._still_needed(pause)
+                if extension is None:
+                    await self.end(pause.scope, pause.account, "time is up")
+                    return
+                level = max(pause.level, self.level_for(pause.scope, pause.account, pause.kind) - 1)
+                extended = dataclasses.replace(
+                    pause, until=self._clock() + dt.timedelta(seconds=extension), level=level
+                )
+                self._store(extended)
+            except Exception as exc:  # a dead timer would hold the pause forever: try again
+                emit("pause.check_failed", scope=pause.scope, account=pause.account, error=str(exc))
+                await asyncio.sleep(RETRY_FAILED_CHECK)
 
     async def _still_needed(self, pause: ActivePause) -> float | None:
         """Return how much longer a pause must last by a free check, or None to end it."""

@@ -13,7 +13,7 @@ import dataclasses
 import random
 from typing import Literal
 
-from rotator.outcomes import Outcome
+from rotator.outcomes import UNCERTAIN_CODES, Outcome
 
 Action = Literal[
     "done",  # the avatar changed (or X says it already had): move the position on
@@ -57,7 +57,6 @@ BILLING_CODES = frozenset(
         "usage_limit_reached",
     }
 )
-UNCERTAIN_CODES = frozenset({"x_write_ambiguous", "x_write_unconfirmed"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

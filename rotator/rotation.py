@@ -102,6 +102,7 @@ class Rotator:
         self._rng = rng or random.Random()  # noqa: S311 - picking images is not cryptography
         self._clock = clock
         self.writing: set[asyncio.Task[object]] = set()  # tasks with a request on the wire
+        self._account_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def dry_run(self) -> bool:
@@ -115,8 +116,13 @@ class Rotator:
         *,
         image: str | None = None,
         wait_for_pauses: bool = True,
+        stop_reason: Callable[[], str | None] = lambda: None,
     ) -> RotationResult:
-        """Change ``entry``'s avatar once; ``image`` forces the image (a relative path)."""
+        """Change ``entry``'s avatar once; ``image`` forces the image (a relative path).
+
+        ``stop_reason`` is asked before every write: when it says why (shutting down,
+        entry removed), the rotation ends there, position unchanged.
+        """
         rot = _Rotation(entry=entry, catalog=catalog, rotation_id=uuid.uuid4().hex, chosen=image)
         pending = self.state.pending_write(entry.entry_id)
         if pending is not None and image is None:
@@ -125,8 +131,9 @@ class Rotator:
             known = catalog.get(pending.image)
             if known is not None and known.verdict.sha256 == pending.source_sha256:
                 rot.chosen = pending.image
+                # Its own key, not one derived again: later keys of this rotation come
+                # from a fresh rotation id, so none repeats a key already used.
                 rot.replay_key = pending.idempotency_key
-                rot.rotation_id = pending.rotation_id
         while True:
             pause = self.pauses.active(entry.account)
             if pause is not None:
@@ -138,20 +145,27 @@ class Rotator:
                 return self._result(rot, "skipped", "no usable image")
             if self.client is None:
                 return self._pretend(rot)
+            if (stopped := self._stopped(rot, stop_reason)) is not None:
+                return stopped
             key = rot.replay_key or self._new_key(rot)
-            outcome = await self._send(rot, key)
-            if outcome is None:  # a pause began while this write waited for its turn
-                continue
-            rot.tries += 1
-            attempt = Attempt(
-                tries=rot.tries,
-                pause_level=self._pause_level(rot, outcome),
-                url_mode=self._url_for(rot) is not None,
-            )
-            decision = decide(outcome, attempt, self.policy, self._rng)
-            result = self._act(rot, outcome, decision)
+            # One write per account at a time: an answer that pauses the account is
+            # seen by the account's next write before it goes out.
+            async with self._account_lock(entry.account):
+                outcome = await self._send(rot, key)
+                if outcome is None:  # a pause began while this write waited for its turn
+                    continue
+                rot.tries += 1
+                attempt = Attempt(
+                    tries=rot.tries,
+                    pause_level=self._pause_level(rot, outcome),
+                    url_mode=self._url_for(rot) is not None,
+                )
+                decision = decide(outcome, attempt, self.policy, self._rng)
+                result = self._act(rot, outcome, decision)
             if result is not None:
                 return result
+            if (stopped := self._stopped(rot, stop_reason)) is not None:
+                return stopped  # not after a retry delay: a shutdown should not wait for it
             rot.replay_key = key if decision.action == "replay" else None
             if decision.action in {"retry", "replay"} and decision.delay > 0:
                 await asyncio.sleep(decision.delay)
@@ -205,6 +219,22 @@ class Rotator:
         rot.chosen = name
         return usable[name]
 
+    def _stopped(
+        self, rot: _Rotation, stop_reason: Callable[[], str | None]
+    ) -> RotationResult | None:
+        """End the rotation here if the daemon is stopping or the entry went away."""
+        why = stop_reason()
+        if why is None:
+            return None
+        emit("rotation.skipped", account=rot.entry.account, reason=why)
+        return self._result(rot, "skipped", why)
+
+    def _account_lock(self, account: str) -> asyncio.Lock:
+        lock = self._account_locks.get(account)
+        if lock is None:
+            lock = self._account_locks[account] = asyncio.Lock()
+        return lock
+
     def _new_key(self, rot: _Rotation) -> str:
         assert rot.payload is not None
         return idempotency_key(
@@ -234,7 +264,7 @@ class Rotator:
             rotation_id=rot.rotation_id,
             now=self._clock(),
         )
-        async with self.pacer.slot():
+        async with self.pacer.slot() as answered:
             if self.pauses.active(rot.entry.account) is not None:
                 return None
             task = asyncio.current_task()
@@ -243,11 +273,11 @@ class Rotator:
             try:
                 if url is not None:
                     return await self.client.update_avatar(
-                        rot.entry.account, idempotency_key=key, url=url
+                        rot.entry.account, idempotency_key=key, url=url, on_answer=answered
                     )
                 file = FilePayload(data=payload.data, filename=payload.filename, mime=payload.mime)
                 return await self.client.update_avatar(
-                    rot.entry.account, idempotency_key=key, file=file
+                    rot.entry.account, idempotency_key=key, file=file, on_answer=answered
                 )
             finally:
                 if task is not None:
@@ -350,6 +380,7 @@ class Rotator:
             rot.chosen = None
         elif decision.action == "as_file":
             rot.as_file = True
+            rot.generation += 1  # other bytes than the URL write: a new Idempotency-Key
         elif decision.action == "pause":
             assert decision.pause is not None
             self.pauses.pause(

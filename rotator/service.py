@@ -10,14 +10,13 @@ already on the wire finish (at most ``DRAIN_SECONDS``), and exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import os
 import random
 import signal
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +113,14 @@ class StateValidationCache:
         self._state.cache_forget(path)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _EntryRun:
     """An entry and its rotation in progress."""
 
     entry: AccountEntry
     catalog: Catalog
     task: asyncio.Task[None] | None = None
+    retired: bool = False  # removed by a reload: its rotation ends after the write on the wire
 
     @property
     def busy(self) -> bool:
@@ -153,6 +153,7 @@ class Daemon:
         self._catalog_locks: dict[Path, asyncio.Lock] = {}
         self._old_clients: list[XquikClient] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._retired: set[_EntryRun] = set()
         self.metrics: Metrics | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -163,6 +164,9 @@ class Daemon:
         self.state = StateStore.open(self.state_dir, lock=True)
         try:
             return await self._serve(loop)
+        except Exception as exc:
+            emit("daemon.crashed", error=f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self.state.close()
 
@@ -215,12 +219,13 @@ class Daemon:
             )
             self._start_metrics()
             self.pauses.restore()
-            await self._set_entries(settings.accounts)
             self.watcher.start()
+            await self._set_entries(settings.accounts)
             self.scheduler.start()
             self._schedule_all(_now(), first_start=True)
             self.notifier.ready(self._status_line())
-            self._spawn(self._tick(settings.watch.rescan))
+            self._spawn(self._beat_forever())
+            self._spawn(self._rescan_forever())
             await self._main_loop()
         finally:
             await self._shutdown(loop)
@@ -238,57 +243,95 @@ class Daemon:
                 await self._reload()
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Stop taking work, let writes on the wire finish, close everything."""
+        """Stop taking work, let writes on the wire finish, close everything.
+
+        Every step is best effort: one that fails must not keep the others from running.
+        """
+        self._stop.set()  # rotations end after the write they have on the wire
         self.notifier.stopping()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         self.scheduler.shutdown()
-        tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
+        runs = [*self._runs.values(), *self._retired]
+        tasks = [run.task for run in runs if run.task is not None and not run.task.done()]
         writing = [task for task in tasks if task in self.rotator.writing]
         for task in tasks:
             if task not in self.rotator.writing:
                 task.cancel()
         if writing:
             await asyncio.wait(writing, timeout=DRAIN_SECONDS)
-        for task in tasks:
+        for task in [*tasks, *self._background]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self.pauses.close()
-        await asyncio.to_thread(self.watcher.stop)
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("pauses", self.pauses.close),
+            ("watcher", lambda: asyncio.to_thread(self.watcher.stop)),
+            ("metrics", self._stop_metrics),
+            ("clients", self._close_clients),
+            ("heartbeat", lambda: asyncio.to_thread(remove_heartbeat, self.state_dir)),
+        ]
+        for name, step in steps:
+            try:
+                await step()
+            except Exception as exc:  # best effort: log it and go on closing the rest
+                emit("daemon.shutdown_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
+        emit("daemon.stopped", reason="signal", drained=len(writing))
+
+    async def _stop_metrics(self) -> None:
         if self.metrics is not None:
             remove_listener(self.metrics.observe)
             await asyncio.to_thread(self.metrics.close)
+
+    async def _close_clients(self) -> None:
         for client in [self.client, *self._old_clients]:
             if client is not None:
                 await client.aclose()
-        remove_heartbeat(self.state_dir)
-        emit("daemon.stopped", reason="signal", drained=len(writing))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(
+            coro, name=getattr(coro, "__qualname__", None)
+        )
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
 
-    async def _tick(self, rescan_every: float) -> None:
-        """Beat the heartbeat and the systemd watchdog; rescan the folders now and then."""
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            emit(
+                "daemon.task_failed",
+                task=task.get_name(),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def _beat_forever(self) -> None:
+        """Beat the heartbeat and the systemd watchdog, whatever else the daemon is doing."""
         interval = HEARTBEAT_SECONDS
         if self.notifier.watchdog_interval:
             interval = min(interval, self.notifier.watchdog_interval)
-        last_rescan = asyncio.get_running_loop().time()
         while True:
             self.notifier.watchdog()
-            self._beat()
-            watching = self.watcher.check_alive()
-            now = asyncio.get_running_loop().time()
-            # A restarted observer may have missed events: rescan at once.
-            if not watching or now - last_rescan >= self.settings.watch.rescan:
-                last_rescan = now
-                for folder in list(self._catalogs):
-                    await self._rescan(folder)
-            await asyncio.sleep(min(interval, max(rescan_every, 0.1)))
+            try:
+                self._beat()
+            except Exception as exc:  # a full disk must not stop the watchdog pings
+                emit("daemon.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(interval)
+
+    async def _rescan_forever(self) -> None:
+        """Rescan every folder each ``watch.rescan`` (repairs missed events), sooner after a
+        watcher restart; in its own task, so a slow folder never delays the heartbeat."""
+        last_rescan = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(min(HEARTBEAT_SECONDS, self.settings.watch.rescan))
+            try:
+                watching = self.watcher.check_alive()
+                now = asyncio.get_running_loop().time()
+                # A restarted observer may have missed events: rescan at once.
+                if not watching or now - last_rescan >= self.settings.watch.rescan:
+                    last_rescan = now
+                    for folder in list(self._catalogs):
+                        await self._rescan(folder)
+            except Exception as exc:  # the next round tries again
+                emit("catalog.rescan_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _beat(self) -> None:
         summary = {
@@ -303,8 +346,7 @@ class Daemon:
             },
             "status": self._status_line(),
         }
-        with contextlib.suppress(OSError):
-            write_heartbeat(self.state_dir, _now(), summary)
+        write_heartbeat(self.state_dir, _now(), summary)
         self.notifier.status(self._status_line())
         if self.metrics is not None:
             self.metrics.update(self._figures())
@@ -373,8 +415,11 @@ class Daemon:
         for entry_id in removed:
             run = self._runs.pop(entry_id)
             self.scheduler.remove(entry_id)
+            run.retired = True
             if run.task is not None and run.task not in self.rotator.writing:
                 run.task.cancel()
+            elif run.busy:
+                self._retired.add(run)  # awaited at shutdown if still writing then
         added: list[str] = []
         changed: list[str] = []
         fits = fit_settings(self.settings)
@@ -385,17 +430,20 @@ class Daemon:
                     folder, fits, StateValidationCache(self.state), emit
                 )
                 self._catalog_locks[folder] = asyncio.Lock()
-                await self._rescan(folder)
+                # Watch first, then scan: a file that lands in between is seen by one of them.
                 try:
                     self.watcher.watch(self._catalogs[folder].folder)
                 except (RotatorError, OSError) as exc:
-                    # A folder that does not exist yet is picked up by the periodic rescan.
+                    # A folder that does not exist yet is watched (and scanned) once it does.
                     emit("watch.failed", folder=str(folder), reason=str(exc))
+                await self._rescan(folder)
             existing = self._runs.get(entry_id)
             if existing is None:
                 self._runs[entry_id] = _EntryRun(entry=entry, catalog=self._catalogs[folder])
                 added.append(entry_id)
-            elif existing.entry != entry:
+                continue
+            existing.catalog = self._catalogs[folder]  # new after an [images] change
+            if existing.entry != entry:
                 existing.entry = entry
                 changed.append(entry_id)
         in_use = {entry.folder for entry in entries}
@@ -442,11 +490,21 @@ class Daemon:
         run = self._runs.get(entry_id)
         if run is None or self._stop.is_set():
             return
-        self.state.record_fire(entry_id, run.entry.account, _now())
+        try:
+            self.state.record_fire(entry_id, run.entry.account, _now())
+        except RotatorError as exc:  # the rotation matters more than the bookkeeping
+            emit("state.write_failed", entry=entry_id, error=str(exc))
         if run.busy:
             emit("rotation.merged", account=run.entry.account, entry=entry_id)
             return
         run.task = asyncio.get_running_loop().create_task(self._rotate(run))
+
+    def _stop_reason(self, run: _EntryRun) -> str | None:
+        if self._stop.is_set():
+            return "shutting down"
+        if run.retired:
+            return "entry removed from the config"
+        return None
 
     def _on_missed(self, entry_id: str, kind: str) -> None:
         emit("schedule.missed", entry=entry_id, kind=kind)
@@ -456,12 +514,15 @@ class Daemon:
         try:
             if entry.schedule.every is None and entry.jitter:
                 await asyncio.sleep(self._jitter(entry).total_seconds())
-            await self.rotator.rotate(entry, run.catalog)
+            await self.rotator.rotate(
+                entry, run.catalog, stop_reason=lambda: self._stop_reason(run)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one entry's failure must not stop the daemon
             emit("rotation.skipped", account=entry.account, reason=f"internal error: {exc}")
         finally:
+            self._retired.discard(run)
             every = run.entry.schedule.every
             if (
                 every is not None
@@ -518,9 +579,16 @@ class Daemon:
     def _on_path_gone(self, path: Path) -> None:
         folders = self._catalogs_for(path)
         for folder in folders:
-            self._catalogs[folder].remove_path(path)
-        if folders:
-            self._spawn(self._prune_fitted())
+            # Under the catalog's lock: a rescan in flight must not bring the file back.
+            self._spawn(self._remove(folder, path))
+
+    async def _remove(self, folder: Path, path: Path) -> None:
+        catalog = self._catalogs.get(folder)
+        if catalog is None:
+            return
+        async with self._catalog_locks[folder]:
+            catalog.remove_path(path)
+        await self._prune_fitted()
 
     def _on_dir_appeared(self, path: Path) -> None:
         for folder in self._catalogs_for(path):
@@ -560,16 +628,27 @@ class Daemon:
     async def _reload(self) -> None:
         """Re-read the config; keep the old one if the new one is invalid."""
         self.notifier.reloading()
+        await self.pauses.sync()  # `rotator resume` works even while the config is broken
         try:
             new = load_settings(self.settings.config_path, self.environ)
             key = None if self.dry_run else find_api_key(new, self.environ)
             if not self.dry_run and key is None:
                 raise ConfigError("no API key found (set XQUIK_API_KEY or api.key_file)")
-        except ConfigError as exc:
-            emit("daemon.reload_failed", problems=exc.problems, kept="the running config")
+            new_key = key is not None and (
+                self.api_key is None or key.reveal() != self.api_key.reveal()
+            )
+            old = self.settings
+            client_changed = new_key or (new.api.base_url, new.api.timeout) != (
+                old.api.base_url,
+                old.api.timeout,
+            )
+            # Built before anything changes: a client that cannot be made keeps the old config.
+            client = self._make_client(new, key) if client_changed else self.client
+        except RotatorError as exc:
+            problems = getattr(exc, "problems", None) or [str(exc)]
+            emit("daemon.reload_failed", problems=problems, kept="the running config")
             self.notifier.ready(self._status_line())
             return
-        old = self.settings
         self.settings = new
         configure(new.log.level, new.log.format)
         self.pacer.reconfigure(
@@ -578,18 +657,15 @@ class Daemon:
         self.pauses.settings = policy_settings(new)
         self.rotator.policy = policy_settings(new)
         self.rotator.api = new.api
-        new_key = key is not None and (
-            self.api_key is None or key.reveal() != self.api_key.reveal()
-        )
-        if new_key or new.api.base_url != old.api.base_url or new.api.timeout != old.api.timeout:
+        if client_changed:
             if self.client is not None:
-                self._old_clients.append(self.client)  # requests on the wire keep using it
-            self.client = self._make_client(new, key)
-            self.rotator.client = self.client
+                self._spawn(self._close_when_idle(self.client))
+            self.client = self.rotator.client = client
             self.api_key = key
         if new_key:
             await self.pauses.end("key", None, "a new API key was loaded")
-        await self.pauses.sync()
+        if fit_settings(new) != fit_settings(old):
+            self._drop_catalogs()  # made again below with the new [images] settings
         added, removed, changed = await self._set_entries(new.accounts)
         self._schedule_all(_now(), first_start=False, only=set(added) | set(changed))
         emit(
@@ -599,8 +675,31 @@ class Daemon:
             removed=removed,
             changed=changed,
             new_key=new_key,
+            needs_restart=_restart_only_changes(old, new),
         )
         self.notifier.ready(self._status_line())
+
+    async def _close_when_idle(self, client: XquikClient) -> None:
+        """Close a replaced client once the writes (and polls) that use it are over."""
+        self._old_clients.append(client)
+        deadline = asyncio.get_running_loop().time() + 900
+        while self.rotator.writing and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(1)
+        self._old_clients.remove(client)
+        await client.aclose()
+
+    def _drop_catalogs(self) -> None:
+        for catalog in self._catalogs.values():
+            self.watcher.unwatch(catalog.folder)
+        self._catalogs.clear()
+        self._catalog_locks.clear()
+
+
+def _restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """Return the changed settings a reload cannot apply (they wait for a restart)."""
+    return [
+        name for name in ("watch", "metrics", "state") if getattr(old, name) != getattr(new, name)
+    ]
 
 
 async def rotate_now(

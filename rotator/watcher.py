@@ -136,9 +136,10 @@ class FolderWatcher:
         key = Path(os.path.realpath(folder))
         if key in self._folders:
             return
-        if not key.is_dir():
-            raise RotatorError(f"cannot watch {key}: it is not a folder")
+        # Kept even when missing: check_alive attaches it once the folder appears.
         self._folders[key] = None
+        if not key.is_dir():
+            raise RotatorError(f"cannot watch {key} yet: it is not a folder (watched once it is)")
         if self._running:
             self._folders[key] = self._schedule(key)
 
@@ -161,7 +162,8 @@ class FolderWatcher:
             return
         self._running = True
         for folder in self._folders:
-            self._folders[folder] = self._schedule(folder)
+            if folder.is_dir():  # a missing one is attached by check_alive when it appears
+                self._folders[folder] = self._schedule(folder)
 
     def stop(self) -> None:
         """Stop the observers, join their threads and drop pending files."""

@@ -607,6 +607,7 @@ def test_media_download_failed_sends_the_same_image_as_a_file(
     assert by_file.url is None
     assert _image(by_file, pictures["alice"]) == "1.png"
     assert by_file.status == 200
+    assert by_file.idempotency_key != by_url.idempotency_key, "other bytes, another key"
     assert daemon.named("rotation.skipped") == []
 
 
