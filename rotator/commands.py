@@ -383,9 +383,12 @@ def status(args: argparse.Namespace) -> int:
         with StateStore.open(state_dir, lock=False, readonly=True) as state:
             rows = {row.entry_id: row for row in state.entries()}
             pauses = [p for p in state.pauses() if p.until > now]
+            refused = state.refused_images()
             history = {row.entry_id: row for row in reversed(state.history(limit=500))}
     except StateError:
-        rows, pauses, history = {}, [], {}
+        rows, pauses, history, refused = {}, [], {}, []
+    # Not sent again until the file changes (its content hash with it).
+    report["refused_images"] = [{"path": path, "code": code} for path, code in refused]
     for entry in settings.accounts:
         row = rows.get(entry.entry_id)
         due = next_due.get(entry.entry_id)
@@ -431,6 +434,10 @@ def status(args: argparse.Namespace) -> int:
             out.write(f"  last error:    {item['last_error']}\n")
         if item["uncertain"]:
             out.write("  last write:    uncertain (the server did not confirm it)\n")
+    if report["refused_images"]:
+        out.write("\nrefused by the server (not sent again until the file changes):\n")
+        for item in report["refused_images"]:
+            out.write(f"  {item['path']}  ({item['code']})\n")
     out.write("\npauses: " + ("none" if not report["pauses"] else "") + "\n")
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]

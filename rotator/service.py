@@ -39,6 +39,8 @@ from rotator.watcher import FolderWatcher
 
 DRAIN_SECONDS = 10.0  # how long writes already sent may take to finish on shutdown
 HEARTBEAT_SECONDS = 10.0
+HISTORY_KEPT = dt.timedelta(days=365)  # the audit trail of writes, kept a year
+HISTORY_PRUNE_EVERY = 86400.0
 FITTED_DIR = "fitted"
 DRY_RUN_DIR = "dry-run"
 
@@ -320,9 +322,13 @@ class Daemon:
         """Rescan every folder each ``watch.rescan`` (repairs missed events), sooner after a
         watcher restart; in its own task, so a slow folder never delays the heartbeat."""
         last_rescan = asyncio.get_running_loop().time()
+        last_prune = -HISTORY_PRUNE_EVERY
         while True:
             await asyncio.sleep(min(HEARTBEAT_SECONDS, self.settings.watch.rescan))
             try:
+                if asyncio.get_running_loop().time() - last_prune >= HISTORY_PRUNE_EVERY:
+                    last_prune = asyncio.get_running_loop().time()
+                    self.state.prune_history(before=_now() - HISTORY_KEPT)
                 watching = self.watcher.check_alive()
                 now = asyncio.get_running_loop().time()
                 # A restarted observer may have missed events: rescan at once.

@@ -611,6 +611,11 @@ class StateStore:
         """Return the content hashes the server refused, each with its error code."""
         return {row[0]: row[1] for row in self._read("SELECT sha256, code FROM rejected_images")}
 
+    def refused_images(self) -> list[tuple[str, str]]:
+        """Return (path, error code) of every image the server refused, by path."""
+        rows = self._read("SELECT path, code FROM rejected_images ORDER BY path")
+        return [(str(row[0]), str(row[1])) for row in rows]
+
     def forget_rejected(self, sha256: str) -> None:
         """Forget that the server refused this content hash."""
         with self._write() as conn:

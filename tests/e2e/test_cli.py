@@ -792,3 +792,19 @@ def test_health_of_a_dry_run_daemon(
     assert daemon.stop() == 0
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("healthy")
+
+
+def test_status_lists_images_the_server_refused(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """An image refused by the server (x_rejected) shows in status with its code."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    env = cli_env(fake_xquik.api_key)
+    fake_xquik.script(
+        Reply(status=422, json={"error": "x_rejected", "message": "no"}), account="alice"
+    )
+    assert _cli(config, "rotate", "--account", "alice", env=env).returncode == 0
+    result = _cli(config, "status", "--json", env=env)
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    assert report["refused_images"] == [{"path": "img1.png", "code": "x_rejected"}]
+    text = _cli(config, "status", env=env).stdout
+    assert "img1.png  (x_rejected)" in text
