@@ -15,8 +15,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 RUN python3 -m venv /opt/venv
-# README* matches nothing harmlessly while the file does not exist.
-COPY pyproject.toml constraints.txt README* ./
+# README.md is the package's long description (pyproject.toml names it).
+COPY pyproject.toml constraints.txt README.md ./
 COPY rotator ./rotator
 RUN /opt/venv/bin/python3 -m pip install --no-cache-dir -c constraints.txt . \
     && /opt/venv/bin/python3 -c "import rotator"
