@@ -1,42 +1,67 @@
-"""Talk to Xquik: avatar writes (file or URL), write-action polling and the free reads.
+"""Talk to Xquik over HTTP: avatar writes (file or URL), write-action polling, free reads.
 
-Every answer to a write becomes an ``Outcome`` (see ``rotator.outcomes``), parsed
-leniently: flat or nested error bodies, text or HTML pages from proxies, both
-success shapes. This is the only module that imports httpx; every httpx exception
-is translated here. The API key travels in one request header and nowhere else.
+This is the transport, and the only module that imports httpx; every httpx exception
+is translated here. What an answer means is read by ``rotator.answers``, from plain
+values. The API key travels in one request header and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import decimal
-import email.utils
 import hashlib
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from rotator import __version__
+from rotator.answers import (
+    DEFAULT_POLL_DELAY,
+    MAX_POLL_DELAY,
+    MAX_RETRY_AFTER,
+    MESSAGE_LIMIT,
+    MIN_POLL_DELAY,
+    Answer,
+    XAccount,
+    describe,
+    find_x_account,
+    json_or_none,
+    poll_delay,
+    read_balance,
+    read_write_action,
+    read_write_answer,
+    read_x_accounts,
+    retry_after_seconds,
+    scrub,
+    shorten,
+    terminal_outcome,
+)
 from rotator.errors import ApiError, ApiReadError
-from rotator.outcomes import UNCERTAIN_CODES, Outcome, OutcomeKind, WriteAction
+from rotator.outcomes import Outcome, OutcomeKind, WriteAction
+
+# Names callers import from here; the answer-reading ones live in rotator.answers.
+__all__ = [
+    "DEFAULT_POLL_DELAY",
+    "IDEMPOTENCY_KEY_PATTERN",
+    "MAX_POLL_DELAY",
+    "MAX_RETRY_AFTER",
+    "MESSAGE_LIMIT",
+    "MIN_POLL_DELAY",
+    "FilePayload",
+    "XAccount",
+    "XquikClient",
+    "find_x_account",
+    "idempotency_key",
+    "retry_after_seconds",
+]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,255}")
-MAX_RETRY_AFTER = 86400.0
-MIN_POLL_DELAY = 0.2
-MAX_POLL_DELAY = 60.0
-DEFAULT_POLL_DELAY = 1.0
-MESSAGE_LIMIT = 200
-
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,45 +71,6 @@ class FilePayload:
     data: bytes = dataclasses.field(repr=False)
     filename: str
     mime: str
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class XAccount:
-    """One X account connected to the Xquik account (``GET /x/accounts``)."""
-
-    id: str
-    username: str
-    x_user_id: str | None = None
-    status: str | None = None
-    health: str | None = None  # healthy | needsReauth | locked | suspended | recovering | ...
-
-    @property
-    def usable(self) -> bool:
-        """Tell whether writes can go through it (unknown fields count as fine)."""
-        return self.health in {None, "", "healthy"} and self.status in {None, "", "active"}
-
-
-def find_x_account(accounts: list[XAccount], name: str) -> XAccount | None:
-    """Return the connected account an entry's ``account`` names (username or id), if any."""
-    wanted = name.lower().lstrip("@")
-    for known in accounts:
-        if wanted == known.username.lower() or name in {known.id, known.x_user_id}:
-            return known
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Answer:
-    """One complete HTTP answer, body read."""
-
-    status: int
-    headers: httpx.Headers
-    body: bytes
-    payload: object  # the parsed JSON body, None if it is not JSON
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status < 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,26 +90,6 @@ def idempotency_key(entry_id: str, image_sha256: str, rotation_id: str, generati
     # A JSON list is an unambiguous encoding: no two input tuples share it.
     material = json.dumps([entry_id, image_sha256, rotation_id, generation], ensure_ascii=True)
     return "rot-" + hashlib.sha256(material.encode("ascii")).hexdigest()[:48]
-
-
-def retry_after_seconds(header: str | None, body: object, now: float) -> float | None:
-    """Return how long the server asked us to wait, in seconds, or None if it did not say.
-
-    Reads the ``Retry-After`` header (seconds, fractional allowed, or an HTTP-date taken
-    relative to ``now``, epoch seconds), else the body's ``retryAfter`` (seconds) or
-    ``retryAfterMs``, flat or nested under ``error``. Garbage is ignored; the result is
-    clamped to [0, 86400].
-    """
-    if header:
-        seconds = _header_seconds(header.strip(), now)
-        if seconds is not None:
-            return seconds
-    for record in _records(body):
-        for name, scale in (("retryAfter", 1.0), ("retryAfterMs", 0.001)):
-            number = _number(record.get(name))
-            if number is not None:
-                return _clamp(number * scale, 0.0, MAX_RETRY_AFTER)
-    return None
 
 
 class XquikClient:
@@ -237,8 +203,7 @@ class XquikClient:
 
     async def credits_balance(self) -> int:
         """Return the credit balance (``GET /credits``)."""
-        payload = await self._read("/credits")
-        balance = _integer(payload.get("balance")) if isinstance(payload, dict) else None
+        balance = read_balance(await self._read("/credits"))
         if balance is None:
             raise ApiReadError("GET /credits answered without a readable balance")
         return balance
@@ -252,28 +217,17 @@ class XquikClient:
 
     async def x_accounts(self) -> list[XAccount]:
         """Return the X accounts connected to this Xquik account (``GET /x/accounts``)."""
-        payload = await self._read("/x/accounts")
-        entries = payload.get("accounts") if isinstance(payload, dict) else payload
-        if not isinstance(entries, list):
+        accounts = read_x_accounts(await self._read("/x/accounts"))
+        if accounts is None:
             raise ApiReadError("GET /x/accounts answered without an accounts list")
-        return [
-            XAccount(
-                id=str(entry.get("id", "")),
-                username=str(entry.get("xUsername") or entry.get("username") or ""),
-                x_user_id=_optional_str(entry.get("xUserId")),
-                status=_optional_str(entry.get("status")),
-                health=_optional_str(entry.get("health")),
-            )
-            for entry in entries
-            if isinstance(entry, dict)
-        ]
+        return accounts
 
     async def _read(self, path: str) -> object:
         answer = await self._send("GET", self._base_url + path)
         if isinstance(answer, _Failure):
             raise ApiReadError(f"GET {path}: {answer.message}") from answer.exc
         if not answer.is_success:
-            code, message = self._describe(answer)
+            code, message = describe(answer, self._api_key)
             detail = f" ({code})" if code else ""
             raise ApiReadError(
                 f"GET {path} failed with HTTP {answer.status}{detail}: {message}",
@@ -284,7 +238,7 @@ class XquikClient:
             raise ApiReadError(f"GET {path} answered with something that is not JSON")
         return answer.payload
 
-    async def _send(self, method: str, url: str, **request: Any) -> _Answer | _Failure:
+    async def _send(self, method: str, url: str, **request: Any) -> Answer | _Failure:
         """Send one request; return its answer, or how it failed and whether it left."""
         stages: set[str] = set()
 
@@ -322,75 +276,32 @@ class XquikClient:
         except (httpx.InvalidURL, httpx.StreamError) as exc:
             return self._failure("not_sent", "the request could not be built", exc)
         body = response.content
-        return _Answer(response.status_code, response.headers, body, _json_or_none(body))
+        # items() joins a repeated header's values, as Headers.get did before.
+        headers = dict(response.headers.items())
+        return Answer(response.status_code, headers, body, json_or_none(body))
 
     def _failure(self, kind: OutcomeKind, what: str, exc: BaseException) -> _Failure:
         detail = str(exc).strip() or type(exc).__name__
-        return _Failure(kind, _short(self._scrub(f"{what}: {detail}")), exc)
+        return _Failure(kind, shorten(scrub(f"{what}: {detail}", self._api_key)), exc)
 
-    def _describe(self, answer: _Answer) -> tuple[str | None, str]:
-        """Return the answer's error code and short message, the key masked if echoed.
-
-        The key is masked before the message is cut, so no part of it survives.
-        """
-        code, message = _error_code_and_message(answer)
-        return code, _short(self._scrub(message))
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
-
-    async def _settle(self, answer: _Answer) -> Outcome:
+    async def _settle(self, answer: Answer) -> Outcome:
         """Turn the answer to a write into an Outcome, polling a running write action."""
-        request_id = answer.headers.get("x-request-id")
-        action = _write_action(answer.payload)
-        code, message = self._describe(answer)
-        retry_after = retry_after_seconds(
-            answer.headers.get("retry-after"), answer.payload, self._clock()
+        code, message = describe(answer, self._api_key)
+        reading = read_write_answer(answer, code=code, message=message, now=self._clock())
+        if isinstance(reading, Outcome):
+            return reading
+        url = self._poll_url(answer, reading.action)
+        if url is None:
+            return reading.unpollable
+        return await self._poll(
+            url,
+            first_delay=poll_delay(answer, self._clock()),
+            request_id=answer.headers.get("x-request-id"),
+            status=answer.status,
+            # A write being verified is polled from scratch; a running one keeps its record.
+            action=None if reading.verifying else reading.action,
+            at_least_once=reading.verifying,
         )
-        common: dict[str, Any] = {
-            "status": answer.status,
-            "code": code,
-            "retry_after": retry_after,
-            "request_id": request_id,
-            "write_action": action,
-        }
-        if code == "x_write_ambiguous":
-            # Verify before anything else: poll the write action when there is one.
-            url = self._poll_url(answer, action)
-            if url is None:
-                return Outcome(kind="uncertain", message=message, **common)
-            return await self._poll(
-                url,
-                first_delay=_poll_delay(answer, self._clock()),
-                request_id=request_id,
-                status=answer.status,
-                at_least_once=True,
-            )
-        if answer.is_success and action is not None and action.terminal:
-            return _terminal_outcome(action, answer.status, request_id, retry_after, message)
-        if answer.is_success and (
-            answer.status == 202 or action is not None or code == "x_write_unconfirmed"
-        ):
-            url = self._poll_url(answer, action)
-            if url is None:
-                text = message if code else "the write was accepted but there is nothing to poll"
-                return Outcome(kind="uncertain", message=text, **common)
-            return await self._poll(
-                url,
-                first_delay=_poll_delay(answer, self._clock()),
-                request_id=request_id,
-                status=answer.status,
-                action=action,
-            )
-        if code in UNCERTAIN_CODES:
-            return Outcome(kind="uncertain", message=message, **common)
-        if answer.is_success and code is None:
-            if not isinstance(answer.payload, dict):
-                # A 2xx that is not JSON (a portal, a proxy): nothing says the write happened.
-                return Outcome(kind="uncertain", message=f"unexpected answer: {message}", **common)
-            if answer.payload.get("success") is not False:
-                return Outcome(kind="success", **common)
-        return Outcome(kind="error", message=message, **common)
 
     async def _poll(
         self,
@@ -416,7 +327,7 @@ class XquikClient:
                 return Outcome(
                     kind="uncertain",
                     status=status,
-                    message=_short(
+                    message=shorten(
                         f"{problem}: still {state} after {self._max_poll_time:g} s of polling"
                     ),
                     request_id=request_id,
@@ -433,35 +344,33 @@ class XquikClient:
                 problem = f"polling failed ({answer.message})"
                 continue
             status = answer.status
-            polled = _write_action(answer.payload)
-            delay = _poll_delay(answer, self._clock())
+            polled = read_write_action(answer.payload)
+            delay = poll_delay(answer, self._clock())
             if answer.is_success and polled is not None:
                 action = polled
                 if polled.terminal:
                     retry_after = retry_after_seconds(
                         answer.headers.get("retry-after"), answer.payload, self._clock()
                     )
-                    _, message = self._describe(answer)
-                    return _terminal_outcome(
-                        polled, answer.status, request_id, retry_after, message
-                    )
+                    _, message = describe(answer, self._api_key)
+                    return terminal_outcome(polled, answer.status, request_id, retry_after, message)
                 problem = "the write action did not finish"
                 continue
-            code, message = self._describe(answer)
+            code, message = describe(answer, self._api_key)
             if answer.is_success or answer.status == 429 or answer.status >= 500:
-                problem = _short(f"polling answered HTTP {answer.status}: {message}")
+                problem = shorten(f"polling answered HTTP {answer.status}: {message}")
                 continue
             # A 4xx to a poll will not change by asking again; the write's fate is unknown.
             return Outcome(
                 kind="uncertain",
                 status=answer.status,
                 code=code,
-                message=_short(f"polling the write action failed: {message}"),
+                message=shorten(f"polling the write action failed: {message}"),
                 request_id=request_id,
                 write_action=action,
             )
 
-    def _poll_url(self, answer: _Answer, action: WriteAction | None) -> str | None:
+    def _poll_url(self, answer: Answer, action: WriteAction | None) -> str | None:
         candidates = [answer.headers.get("location")]
         if action is not None:
             candidates.append(action.status_url)
@@ -485,175 +394,6 @@ class XquikClient:
             self._origin.port,
         )
         return str(url) if same else None
-
-
-def _terminal_outcome(
-    action: WriteAction,
-    status: int,
-    request_id: str | None,
-    retry_after: float | None,
-    message: str,
-) -> Outcome:
-    """Return the Outcome of a terminal write action; ``message`` is its error's, if any."""
-    if action.status == "success":
-        return Outcome(kind="success", status=status, request_id=request_id, write_action=action)
-    detail = "" if message.startswith("HTTP ") else f": {message}"
-    return Outcome(
-        kind="error",
-        status=status,
-        code=action.error_code,
-        message=_short(f"the write action ended {action.status}{detail}"),
-        retry_after=retry_after,
-        request_id=request_id,
-        write_action=action,
-    )
-
-
-def _write_action(payload: object) -> WriteAction | None:
-    """Read an ``x_write_action`` record, leniently; None if the payload is not one."""
-    if not isinstance(payload, dict):
-        return None
-    if payload.get("object") != "x_write_action" and not (
-        "id" in payload and "terminal" in payload
-    ):
-        return None
-    status = str(payload.get("status") or "").strip().lower()
-    terminal = payload.get("terminal")
-    next_action = payload.get("nextAction")
-    return WriteAction(
-        id=str(payload.get("id") or ""),
-        status=status,
-        terminal=_flag(terminal)
-        if terminal is not None
-        else status in ("success", "failed", "expired"),
-        safe_to_retry=_flag(payload.get("safeToRetry")),
-        retryable=_flag(payload.get("retryable")),
-        status_url=_optional_str(payload.get("statusUrl")),
-        requires_new_key=isinstance(next_action, dict)
-        and _flag(next_action.get("requiresNewIdempotencyKey")),
-        error_code=_code(payload.get("error")),
-    )
-
-
-def _error_code_and_message(answer: _Answer) -> tuple[str | None, str]:
-    """Return the error code (flat or nested) and the message of any answer, uncut."""
-    payload = answer.payload
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        code = _code(error) or _code(payload.get("code"))
-        message = payload.get("message")
-        if isinstance(error, dict) and not isinstance(message, str):
-            message = error.get("message")
-        if isinstance(message, str) and message.strip():
-            return code, message
-        return code, code or f"HTTP {answer.status}"
-    if payload is not None:
-        return None, json.dumps(payload)
-    return None, _text_message(answer)
-
-
-def _text_message(answer: _Answer) -> str:
-    body = answer.body.strip()
-    if not body:
-        return f"HTTP {answer.status} with an empty body"
-    content_type = answer.headers.get("content-type", "").lower()
-    if "html" in content_type or body.startswith(b"<"):
-        title = _TITLE.search(body)
-        text = title.group(1).decode("utf-8", "replace").strip() if title else ""
-        return f"HTML error page ({text})" if text else "HTML error page"
-    return body.decode("utf-8", "replace").strip().splitlines()[0]
-
-
-def _poll_delay(answer: _Answer, now: float) -> float:
-    seconds = retry_after_seconds(answer.headers.get("retry-after"), None, now)
-    if seconds is None and isinstance(answer.payload, dict):
-        poll_after_ms = _number(answer.payload.get("pollAfterMs"))
-        if poll_after_ms is not None:
-            seconds = poll_after_ms / 1000
-        else:
-            seconds = retry_after_seconds(None, answer.payload, now)
-    return _clamp(
-        DEFAULT_POLL_DELAY if seconds is None else seconds, MIN_POLL_DELAY, MAX_POLL_DELAY
-    )
-
-
-def _header_seconds(text: str, now: float) -> float | None:
-    number = _number(text)
-    if number is not None:
-        return _clamp(number, 0.0, MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:  # older Pythons return None instead of raising
-        return None
-    if when.tzinfo is None:  # "-0000" dates are UTC by RFC 5322
-        when = when.replace(tzinfo=UTC)
-    return _clamp(when.timestamp() - now, 0.0, MAX_RETRY_AFTER)
-
-
-def _records(body: object) -> list[dict[str, Any]]:
-    if not isinstance(body, dict):
-        return []
-    error = body.get("error")
-    return [body, error] if isinstance(error, dict) else [body]
-
-
-def _code(value: object) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("code") or value.get("type")
-    if isinstance(value, str) and value.strip():
-        return value.strip().lower()
-    return None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _integer(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        number = decimal.Decimal(str(value).strip())
-    except decimal.InvalidOperation:
-        return None
-    return int(number) if number.is_finite() else None
-
-
-def _flag(value: object) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
-
-
-def _optional_str(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _json_or_none(body: bytes) -> object:
-    try:
-        return json.loads(body) if body.strip() else None
-    except ValueError:
-        return None
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
-
-
-def _clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
 
 
 def _elapsed_ms(started: float) -> int:

@@ -20,14 +20,7 @@ from typing import Any
 
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
-from rotator.config import (
-    AccountEntry,
-    ApiKey,
-    Settings,
-    find_api_key,
-    load_settings,
-    resolve_config_path,
-)
+from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
 from rotator.durations import format_duration
 from rotator.errors import (
     ConfigError,
@@ -38,17 +31,13 @@ from rotator.errors import (
     StateLockedError,
 )
 from rotator.images import FitSettings, describe, fit_image
+from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
 from rotator.state import StateStore, read_heartbeat
 from rotator.systemd import SystemdNotifier
-
-NO_KEY = (
-    "no API key found: set XQUIK_API_KEY, or api.key_file in the config, or a systemd "
-    "credential 'xquik-api-key', or the secret file /run/secrets/xquik_api_key"
-)
 
 
 def _now() -> dt.datetime:

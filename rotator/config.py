@@ -20,11 +20,9 @@ Environment rules:
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import ipaddress
 import json
 import os
-import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -55,17 +53,15 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from rotator.config_errors import format_errors, redact
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
+from rotator.keys import KEY_ENV
 from rotator.scheduling import Schedule, parse_schedule
 
 ENV_PREFIX = "ROTATOR_"
 CONFIG_ENV = "ROTATOR_CONFIG"
 DEFAULT_CONFIG = Path("rotator.toml")
-KEY_ENV = "XQUIK_API_KEY"
-CREDENTIAL_NAME = "xquik-api-key"
-SECRET_FILE_NAME = "xquik_api_key"  # noqa: S105 (a file name, not a password)
-_DEFAULT_SECRETS_DIR = Path("/run/secrets")
 
 
 # ---- value parsers (each raises ValueError with a user-facing message) ----
@@ -413,6 +409,16 @@ class Settings(BaseSettings):
         """Return the state directory: state.dir, else $STATE_DIRECTORY, else ./state."""
         return self._state_dir
 
+    @property
+    def key_source(self) -> str:
+        """Return where api.key was set: ``api.key`` (the file) or ``ROTATOR_API__KEY``."""
+        return self._key_source
+
+    @property
+    def key_warning(self) -> str | None:
+        """Return a warning when api.key sits in a config file other users can read."""
+        return self._key_warning
+
     def public_base_url_for(self, entry: AccountEntry) -> str | None:
         """Return the HTTPS prefix an entry's images are served under (url upload)."""
         return entry.public_base_url or self.api.public_base_url
@@ -532,9 +538,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     try:
         return Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
-        lines = _format_errors(exc, ours)
+        lines = format_errors(exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX)
         # from None: the chained ValidationError would carry input values, the key among them.
-        raise ConfigError(_redact(lines, [data, from_env], environ)) from None
+        raise ConfigError(redact(lines, [data, from_env], environ)) from None
     finally:
         _LOADING.reset(token)
 
@@ -596,227 +602,5 @@ def _key_warning(path: Path, data: dict[str, Any], from_env: dict[str, Any]) -> 
         return (
             f"the API key is in {path}, which other users can read: move it to a file named by "
             f"api.key_file (or set {KEY_ENV}) and chmod 600 the file that holds it"
-        )
-    return None
-
-
-# ---- error lines ----
-
-_TYPE_MESSAGES = {
-    "missing": "required",
-    "extra_forbidden": "unknown key",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "string_type": "must be a string",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "model_type": "must be a table",
-    "model_attributes_type": "must be a table",
-    "dict_type": "must be a table",
-    "tuple_type": "must be a list",
-    "list_type": "must be a list",
-}
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif "[" not in part:  # skip pydantic's validator tags such as function-after[...]
-            path += f".{part}" if path else part
-    return path
-
-
-def _message(error: Any, path: str) -> str:
-    kind = error["type"]
-    context = error.get("ctx") or {}
-    if path == "api.key":
-        # Never echo anything of the key's value: only _secret's own fixed message passes.
-        return "must be a string" if kind in ("string_type", "value_error") else "is not usable"
-    if path == "accounts" and kind in ("tuple_type", "list_type"):
-        return "must be a list of [[accounts]] tables"
-    if kind in _TYPE_MESSAGES:
-        return _TYPE_MESSAGES[kind]
-    if kind == "greater_than_equal":
-        return "must not be negative" if context["ge"] == 0 else f"must be at least {context['ge']}"
-    if kind == "greater_than":
-        return f"must be more than {context['gt']}"
-    if kind == "literal_error":
-        return f"{error['input']!r} is not one of {context['expected']}"
-    message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    return message
-
-
-def _env_name(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
-    """Return the variable a value at ``loc`` came from, if one set it."""
-    by_upper = {name.upper(): name for name in environ}
-    head = [str(part).upper() for part in loc[:2] if isinstance(part, str)]
-    for depth in (2, 1):
-        if len(head) >= depth:
-            candidate = ENV_PREFIX + "__".join(head[:depth])
-            if candidate in by_upper:
-                return by_upper[candidate]
-    return None
-
-
-def _format_errors(exc: ValidationError, environ: Mapping[str, str]) -> list[str]:
-    lines: list[str] = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
-        if not loc:  # our cross-section check: lines already carry their paths
-            lines.extend(_message(error, "").splitlines())
-            continue
-        path = _dotted(loc)
-        line = f"{path}: {_message(error, path)}"
-        env_name = _env_name(loc, environ)
-        if env_name:
-            line += f" (from {env_name})"
-        if line not in lines:
-            lines.append(line)
-    return lines
-
-
-def _redact(
-    lines: list[str], sources: list[dict[str, Any]], environ: Mapping[str, str]
-) -> list[str]:
-    """Blank out any key value a message might still quote (a key pasted in the wrong field)."""
-    secrets: list[object] = [environ.get(KEY_ENV)]
-    for data in sources:
-        api = data.get("api")
-        secrets.append(api.get("key") if isinstance(api, dict) else None)
-    for secret in secrets:
-        if isinstance(secret, str) and len(secret.strip()) >= 4:
-            lines = [line.replace(secret.strip(), "[redacted]") for line in lines]
-    return lines
-
-
-# ---- the API key ----
-
-
-class Secret:
-    """Hold a string that never shows in repr, str or logs; ``reveal()`` returns it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret itself, for the one place that must send it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    def __str__(self) -> str:
-        return "**********"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclasses.dataclass(frozen=True)
-class ApiKey:
-    """The API key, where it came from, and a warning about how it is stored."""
-
-    value: Secret
-    source: str  # XQUIK_API_KEY | api.key_file | credentials | secret file | api.key
-    warning: str | None = None
-
-    def reveal(self) -> str:
-        """Return the key itself, for the HTTP header."""
-        return self.value.reveal()
-
-
-_SENDABLE_KEY = re.compile(r"[!-~]+")  # printable ASCII without spaces: fits a header
-
-
-def _looks_like_a_key(name: str) -> bool:
-    """Tell whether a file name is probably the key itself, pasted in the wrong place."""
-    return name.startswith("xq_") or (
-        len(name) >= 32 and name.replace("_", "").replace("-", "").isalnum()
-    )
-
-
-def _read_key(path: Path, label: str, *, missing_ok: bool) -> str | None:
-    if not path.exists() and _looks_like_a_key(path.name):
-        # Naming the path would print the key: say what is wrong without it.
-        raise ConfigError(
-            f"{label}: looks like the API key itself, not a file name; put the key in a "
-            "file (chmod 600) and name that file here, or set XQUIK_API_KEY"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        if missing_ok:
-            return None
-        raise ConfigError(f"{label}: cannot read {path} (no such file)") from exc
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read {path} ({exc.strerror})") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(f"{label}: {path} is not UTF-8 text") from None
-    return text.strip().removeprefix("\ufeff").strip() or None
-
-
-def find_api_key(
-    settings: Settings,
-    environ: Mapping[str, str] | None = None,
-    *,
-    secrets_dir: Path = _DEFAULT_SECRETS_DIR,
-) -> ApiKey | None:
-    """Return the first API key found, or None.
-
-    Order: $XQUIK_API_KEY, api.key_file, $CREDENTIALS_DIRECTORY/xquik-api-key,
-    {secrets_dir}/xquik_api_key, api.key. Surrounding whitespace is stripped and an
-    empty key counts as not found. An unreadable api.key_file, or a key that cannot be
-    sent in an HTTP header (a second line, a space), raises ``ConfigError``.
-    """
-    key = _find_api_key(settings, environ, secrets_dir=secrets_dir)
-    if key is not None and not _SENDABLE_KEY.fullmatch(key.reveal()):
-        raise ConfigError(
-            f"the API key from {key.source} has characters that cannot be sent "
-            "(a second line or a space?): the file must hold the key alone"
-        )
-    return key
-
-
-def _find_api_key(
-    settings: Settings,
-    environ: Mapping[str, str] | None = None,
-    *,
-    secrets_dir: Path = _DEFAULT_SECRETS_DIR,
-) -> ApiKey | None:
-    environ = os.environ if environ is None else environ
-    from_env = environ.get(KEY_ENV, "").strip()
-    if from_env:
-        return ApiKey(Secret(from_env), KEY_ENV)
-    if settings.api.key_file is not None:
-        key = _read_key(settings.api.key_file, "api.key_file", missing_ok=False)
-        if key:
-            return ApiKey(Secret(key), "api.key_file")
-    credentials = environ.get("CREDENTIALS_DIRECTORY", "").strip()
-    if credentials:
-        key = _read_key(Path(credentials) / CREDENTIAL_NAME, "credentials", missing_ok=True)
-        if key:
-            return ApiKey(Secret(key), "credentials")
-    key = _read_key(secrets_dir / SECRET_FILE_NAME, "secret file", missing_ok=True)
-    if key:
-        return ApiKey(Secret(key), "secret file")
-    if settings.api.key is not None:
-        return ApiKey(
-            Secret(settings.api.key.get_secret_value()),
-            settings._key_source,
-            settings._key_warning,
         )
     return None

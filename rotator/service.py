@@ -23,9 +23,10 @@ from typing import Any
 from rotator import __version__
 from rotator.catalog import CacheEntry, Catalog, prune_fitted
 from rotator.client import XquikClient, find_x_account
-from rotator.config import AccountEntry, ApiKey, Settings, find_api_key, load_settings
+from rotator.config import AccountEntry, Settings, load_settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
+from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_listener, add_secret, configure, emit, remove_listener
 from rotator.metrics import EntryFigures, Metrics, Snapshot
 from rotator.pacer import WritePacer
@@ -639,7 +640,7 @@ class Daemon:
             new = load_settings(self.settings.config_path, self.environ)
             key = None if self.dry_run else find_api_key(new, self.environ)
             if not self.dry_run and key is None:
-                raise ConfigError("no API key found (set XQUIK_API_KEY or api.key_file)")
+                raise ConfigError(NO_KEY)
             new_key = key is not None and (
                 self.api_key is None or key.reveal() != self.api_key.reveal()
             )

@@ -10,15 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rotator.config import (
-    AccountEntry,
-    ApiKey,
-    Settings,
-    find_api_key,
-    load_settings,
-    resolve_config_path,
-)
+from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
 from rotator.errors import ConfigError
+from rotator.keys import ApiKey, find_api_key
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"

@@ -1,0 +1,115 @@
+"""Turn pydantic's validation errors into ``<dotted path>: <what is wrong>`` lines.
+
+Nothing here imports pydantic: it reads the plain error dicts of
+``ValidationError.errors()``. pydantic's own messages are replaced where they could
+echo an input value, and any API key a line might still quote is blanked out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rotator.keys import KEY_ENV
+
+_TYPE_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "dict_type": "must be a table",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" not in part:  # skip pydantic's validator tags such as function-after[...]
+            path += f".{part}" if path else part
+    return path
+
+
+def _message(error: Mapping[str, Any], path: str) -> str:
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if path == "api.key":
+        # Never echo anything of the key's value: only _secret's own fixed message passes.
+        return "must be a string" if kind in ("string_type", "value_error") else "is not usable"
+    if path == "accounts" and kind in ("tuple_type", "list_type"):
+        return "must be a list of [[accounts]] tables"
+    if kind in _TYPE_MESSAGES:
+        return _TYPE_MESSAGES[kind]
+    if kind == "greater_than_equal":
+        return "must not be negative" if context["ge"] == 0 else f"must be at least {context['ge']}"
+    if kind == "greater_than":
+        return f"must be more than {context['gt']}"
+    if kind == "literal_error":
+        return f"{error['input']!r} is not one of {context['expected']}"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _env_name(
+    loc: tuple[int | str, ...], environ: Mapping[str, str], env_prefix: str
+) -> str | None:
+    """Return the variable a value at ``loc`` came from, if one set it."""
+    by_upper = {name.upper(): name for name in environ}
+    head = [str(part).upper() for part in loc[:2] if isinstance(part, str)]
+    for depth in (2, 1):
+        if len(head) >= depth:
+            candidate = env_prefix + "__".join(head[:depth])
+            if candidate in by_upper:
+                return by_upper[candidate]
+    return None
+
+
+def format_errors(
+    errors: Iterable[Mapping[str, Any]], environ: Mapping[str, str], *, env_prefix: str
+) -> list[str]:
+    """Return one ``path: problem`` line per error, naming the variable that set the value.
+
+    ``errors`` is ``ValidationError.errors(include_url=False)``; ``environ`` holds the
+    ``{env_prefix}*`` variables that were read.
+    """
+    lines: list[str] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        if not loc:  # our cross-section check: lines already carry their paths
+            lines.extend(_message(error, "").splitlines())
+            continue
+        path = _dotted(loc)
+        line = f"{path}: {_message(error, path)}"
+        env_name = _env_name(loc, environ, env_prefix)
+        if env_name:
+            line += f" (from {env_name})"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def redact(
+    lines: list[str], sources: list[dict[str, Any]], environ: Mapping[str, str]
+) -> list[str]:
+    """Blank out any key value a message might still quote (a key pasted in the wrong field)."""
+    secrets: list[object] = [environ.get(KEY_ENV)]
+    for data in sources:
+        api = data.get("api")
+        secrets.append(api.get("key") if isinstance(api, dict) else None)
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret.strip()) >= 4:
+            lines = [line.replace(secret.strip(), "[redacted]") for line in lines]
+    return lines
