@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
@@ -129,16 +130,24 @@ class _OncePerWallTimeCronTrigger(CronTrigger):  # type: ignore[misc]
         return fire
 
 
-def _cron_trigger(schedule: Schedule, timezone: ZoneInfo | dt.tzinfo) -> CronTrigger:
+def _cron_trigger(schedule: Schedule, timezone: ZoneInfo | dt.tzinfo) -> CronTrigger | OrTrigger:
     minute, hour, day, month, day_of_week = schedule.text.split(" ")
-    return _OncePerWallTimeCronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=_standard_day_of_week(day_of_week),
-        timezone=timezone,
-    )
+
+    def trigger(day: str, day_of_week: str) -> CronTrigger:
+        return _OncePerWallTimeCronTrigger(
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=_standard_day_of_week(day_of_week),
+            timezone=timezone,
+        )
+
+    if day != "*" and day_of_week != "*":
+        # Crontab fires when EITHER day field matches if both are restricted
+        # ("0 9 1 * mon": the 1st and every Monday); APScheduler would need both.
+        return OrTrigger([trigger(day, "*"), trigger("*", day_of_week)])
+    return trigger(day, day_of_week)
 
 
 def cron_fire_times(
@@ -214,7 +223,7 @@ class RotationScheduler:
         when: dt.datetime | None = getattr(job, "next_run_time", None) if job else None
         return when
 
-    def _add(self, entry_id: str, trigger: CronTrigger | DateTrigger) -> None:
+    def _add(self, entry_id: str, trigger: CronTrigger | OrTrigger | DateTrigger) -> None:
         self._scheduler.add_job(
             self._fire, trigger, args=[entry_id], id=entry_id, replace_existing=True
         )

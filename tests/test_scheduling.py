@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from rotator.scheduling import cron_fire_times, cron_missed_since, parse_schedule
+from rotator.scheduling import (
+    RotationScheduler,
+    cron_fire_times,
+    cron_missed_since,
+    parse_schedule,
+)
 
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -176,3 +182,33 @@ def test_missed_since_reads_the_entry_time_zone() -> None:
     since = dt.datetime(2026, 1, 10, 7, 30, tzinfo=UTC)
     assert not cron_missed_since(schedule, BERLIN, since, since + dt.timedelta(minutes=29))
     assert cron_missed_since(schedule, BERLIN, since, since + dt.timedelta(minutes=31))
+
+
+def test_day_of_month_and_weekday_both_set_fire_on_either_like_crontab() -> None:
+    """'0 9 1 * mon' fires on the 1st and on every Monday, as crontab does (not on both)."""
+    after = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    times = cron_fire_times(parse_schedule("0 9 1 * mon"), ZoneInfo("UTC"), after, 4)
+    assert [(t.day, t.strftime("%a")) for t in times] == [
+        (30, "Mon"),
+        (1, "Tue"),
+        (7, "Mon"),
+        (14, "Mon"),
+    ]
+
+
+def test_either_day_schedule_runs_in_the_live_scheduler() -> None:
+    """A cron entry with both day fields is accepted by the running scheduler."""
+
+    async def scenario() -> dt.datetime | None:
+        scheduler = RotationScheduler(lambda _entry: None)
+        scheduler.start()
+        try:
+            scheduler.schedule_cron("e", parse_schedule("0 9 1 * mon"), ZoneInfo("UTC"))
+            return scheduler.next_due("e")
+        finally:
+            scheduler.shutdown()
+
+    when = asyncio.run(scenario())
+    assert when is not None
+    assert when.hour == 9
+    assert when.day == 1 or when.strftime("%a") == "Mon"
