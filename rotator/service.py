@@ -124,6 +124,7 @@ class _EntryRun:
     catalog: Catalog
     task: asyncio.Task[None] | None = None
     retired: bool = False  # removed by a reload: its rotation ends after the write on the wire
+    fired_at: dt.datetime | None = None  # the latest due time, merged ones included
 
     @property
     def busy(self) -> bool:
@@ -475,7 +476,7 @@ class Daemon:
         if schedule.every is None:
             self.scheduler.schedule_cron(entry.entry_id, schedule, entry.timezone)
             if saved.last_fire is None:
-                self.state.record_fire(entry.entry_id, entry.account, now)
+                self._record_fire(run, now)  # the baseline: nothing was owed before now
             elif first_start and cron_missed_since(schedule, entry.timezone, saved.last_fire, now):
                 # Missed while the daemon was down: run once now (coalesced), not once per miss.
                 self._on_due(entry.entry_id)
@@ -497,14 +498,17 @@ class Daemon:
         run = self._runs.get(entry_id)
         if run is None or self._stop.is_set():
             return
-        try:
-            self.state.record_fire(entry_id, run.entry.account, _now())
-        except RotatorError as exc:  # the rotation matters more than the bookkeeping
-            emit("state.write_failed", entry=entry_id, error=str(exc))
+        run.fired_at = _now()  # recorded when the rotation ends, so a crash catches it up
         if run.busy:
             emit("rotation.merged", account=run.entry.account, entry=entry_id)
             return
         run.task = asyncio.get_running_loop().create_task(self._rotate(run))
+
+    def _record_fire(self, run: _EntryRun, when: dt.datetime) -> None:
+        try:
+            self.state.record_fire(run.entry.entry_id, run.entry.account, when)
+        except RotatorError as exc:  # the rotations matter more than the bookkeeping
+            emit("state.write_failed", entry=run.entry.entry_id, error=str(exc))
 
     def _stop_reason(self, run: _EntryRun) -> str | None:
         if self._stop.is_set():
@@ -524,6 +528,9 @@ class Daemon:
             await self.rotator.rotate(
                 entry, run.catalog, stop_reason=lambda: self._stop_reason(run)
             )
+            if self._stop_reason(run) is None and run.fired_at is not None:
+                # Done with this due time: a restart from here on owes it nothing.
+                self._record_fire(run, run.fired_at)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one entry's failure must not stop the daemon

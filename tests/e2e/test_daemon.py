@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 from conftest import DaemonFactory
 from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
+
+from rotator.state import StateStore
 
 
 def _two_account_setup(tmp_path: Path, server: FakeXquik) -> tuple[Path, dict[str, bytes]]:
@@ -228,3 +231,25 @@ def test_second_daemon_on_same_state_exits_2(
     assert "another rotator daemon" in second.stderr
     assert "Traceback" not in second.stderr
     assert first.stop() == 0
+
+
+def test_cron_rotation_missed_while_down_runs_once_at_start(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """Down across several cron times: one rotation at start (coalesced), not one per miss."""
+    make_image(tmp_path / "p" / "1.png", seed=1)
+    make_image(tmp_path / "p" / "2.png", seed=2)
+    config = write_config(
+        tmp_path / "rotator.toml",
+        base_url=fake_xquik.base_url,
+        entries=[{"account": "alice", "folder": "p", "schedule": "0 * * * *"}],
+    )
+    entry_id = f"alice:{tmp_path / 'p'}"
+    with StateStore.open(tmp_path / "state") as state:
+        three_hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+        state.record_fire(entry_id, "alice", three_hours_ago)
+    daemon = start_daemon(config)
+    daemon.wait_for("avatar.uploaded")
+    time.sleep(1.0)
+    assert daemon.stop() == 0
+    assert len(fake_xquik.writes()) == 1
