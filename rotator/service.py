@@ -253,8 +253,10 @@ class Daemon:
         """
         self._stop.set()  # rotations end after the write they have on the wire
         self.notifier.stopping()
+        # A second SIGTERM (systemd, a double Ctrl-C) must not kill the drain half-way:
+        # it is already stopping, within DRAIN_SECONDS. Reloads are over, too.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+            loop.add_signal_handler(signum, lambda: None)
         self.scheduler.shutdown()
         runs = [*self._runs.values(), *self._retired]
         tasks = [run.task for run in runs if run.task is not None and not run.task.done()]
