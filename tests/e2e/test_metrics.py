@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -44,7 +45,12 @@ def test_metrics_count_uploads_credits_images_and_pauses(
     daemon = start_daemon(config)
     daemon.wait_for("metrics.listening")
     daemon.wait_for("avatar.uploaded")
+    # The gauges are refreshed right after the rotation ends (its next time scheduled).
+    deadline = time.monotonic() + 10
     status, text = _get(f"http://127.0.0.1:{port}/metrics")
+    while "rotator_next_rotation_timestamp_seconds{" not in text and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200
     assert 'rotator_uploads_total{account="alice",outcome="success"} 1.0' in text
     assert "rotator_credits_spent_total 7.0" in text
