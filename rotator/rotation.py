@@ -226,7 +226,8 @@ class Rotator:
         why = stop_reason()
         if why is None:
             return None
-        emit("rotation.skipped", account=rot.entry.account, reason=why)
+        # Not "skipped": nothing went wrong with it, the daemon (or its entry) is going away.
+        emit("rotation.interrupted", account=rot.entry.account, reason=why)
         return self._result(rot, "skipped", why)
 
     def _account_lock(self, account: str) -> asyncio.Lock:

@@ -108,7 +108,7 @@ def test_an_entry_removed_by_reload_stops_after_its_write(
     )
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("daemon.reloaded")
-    daemon.wait_for("rotation.skipped", lambda e: e["account"] == "alice")
+    daemon.wait_for("rotation.interrupted", lambda e: e["account"] == "alice")
     time.sleep(0.5)
     assert len(fake_xquik.writes("alice")) == 1
     assert daemon.stop() == 0
