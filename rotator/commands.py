@@ -129,13 +129,9 @@ def check(args: argparse.Namespace) -> int:
     settings = _settings(args, environ)
     report: dict[str, Any] = {"config": str(settings.config_path), "entries": [], "ok": True}
     fits = fit_settings(settings)
-    catalogs: dict[Path, Catalog] = {}
+    catalogs = _scanned_catalogs(settings)
     for entry in settings.accounts:
-        catalog = catalogs.get(entry.folder)
-        if catalog is None:
-            catalog = Catalog(entry.folder, fits, MemoryValidationCache(), _quiet)
-            catalog.apply_scan(catalog.scan())
-            catalogs[entry.folder] = catalog
+        catalog = catalogs[entry.folder]
         files = [_describe_usable(image, fits) for image in catalog.usable()]
         files += [
             {"path": path, "state": "rejected", "detail": f"rejected: {reason}"}
@@ -193,6 +189,18 @@ def _describe_usable(image: CatalogImage, fits: FitSettings) -> dict[str, str]:
     except ImageError as exc:
         return {"path": image.relative, "state": "rejected", "detail": f"rejected: {exc}"}
     return {"path": image.relative, "state": "fitted", "detail": describe(fitted)}
+
+
+def _scanned_catalogs(settings: Settings) -> dict[Path, Catalog]:
+    """Scan each configured folder once (entries may share one); nothing is cached on disk."""
+    fits = fit_settings(settings)
+    catalogs: dict[Path, Catalog] = {}
+    for entry in settings.accounts:
+        if entry.folder not in catalogs:
+            catalog = Catalog(entry.folder, fits, MemoryValidationCache(), _quiet)
+            catalog.apply_scan(catalog.scan())
+            catalogs[entry.folder] = catalog
+    return catalogs
 
 
 def _quiet(event: str, **fields: object) -> None:
@@ -280,12 +288,11 @@ def plan(args: argparse.Namespace) -> int:
     settings = _settings(args, environ)
     now = _now()
     saved = _read_entries(settings)
-    fits = fit_settings(settings)
+    catalogs = _scanned_catalogs(settings)
     total_per_day = 0.0
     out = sys.stdout
     for entry in settings.accounts:
-        catalog = Catalog(entry.folder, fits, MemoryValidationCache(), _quiet)
-        catalog.apply_scan(catalog.scan())
+        catalog = catalogs[entry.folder]
         names = [image.relative for image in catalog.usable()]
         state = saved.get(entry.entry_id)
         position = Position(

@@ -177,24 +177,14 @@ class Daemon:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         settings = self.settings
         self.client = self._make_client(settings, self.api_key)
-        self.pacer = WritePacer(
-            settings.rate_limit.writes, settings.rate_limit.window, settings.rate_limit.concurrency
-        )
         self.pauses = PauseBoard(
             self.state,
             policy_settings(settings),
             check_credits=self._credits_available,
             check_account=self._account_healthy,
         )
-        self.rotator = Rotator(
-            state=self.state,
-            client=self.client,
-            pacer=self.pacer,
-            pauses=self.pauses,
-            policy=policy_settings(settings),
-            api=settings.api,
-            fitted_dir=self.state_dir / FITTED_DIR,
-        )
+        self.rotator = _rotator(settings, self.state, self.state_dir, self.client, self.pauses)
+        self.pacer = self.rotator.pacer
         self.scheduler = RotationScheduler(self._on_due, self._on_missed)
         self.watcher = FolderWatcher(
             loop,
@@ -670,8 +660,7 @@ class Daemon:
         self.pacer.reconfigure(
             new.rate_limit.writes, new.rate_limit.window, new.rate_limit.concurrency
         )
-        self.pauses.settings = policy_settings(new)
-        self.rotator.policy = policy_settings(new)
+        self.pauses.settings = self.rotator.policy = policy_settings(new)
         self.rotator.api = new.api
         if client_changed:
             if self.client is not None:
@@ -732,19 +721,7 @@ async def rotate_now(
         pauses = PauseBoard(state, policy_settings(settings))
         pauses.restore()
         client = None if dry_run or key is None else _client(settings, key)
-        rotator = Rotator(
-            state=state,
-            client=client,
-            pacer=WritePacer(
-                settings.rate_limit.writes,
-                settings.rate_limit.window,
-                settings.rate_limit.concurrency,
-            ),
-            pauses=pauses,
-            policy=policy_settings(settings),
-            api=settings.api,
-            fitted_dir=state_dir / FITTED_DIR,
-        )
+        rotator = _rotator(settings, state, state_dir, client, pauses)
         catalogs: dict[Path, Catalog] = {}
         jobs = []
         for entry in entries:
@@ -783,6 +760,26 @@ def _forced_image(folder: Path, image: str | None) -> str | None:
     if not path.is_relative_to(folder):
         return None
     return path.relative_to(folder).as_posix()
+
+
+def _rotator(
+    settings: Settings,
+    state: StateStore,
+    state_dir: Path,
+    client: XquikClient | None,
+    pauses: PauseBoard,
+) -> Rotator:
+    """Build the rotation machinery (with its own pacer) from the settings."""
+    limits = settings.rate_limit
+    return Rotator(
+        state=state,
+        client=client,
+        pacer=WritePacer(limits.writes, limits.window, limits.concurrency),
+        pauses=pauses,
+        policy=pauses.settings,
+        api=settings.api,
+        fitted_dir=state_dir / FITTED_DIR,
+    )
 
 
 def _client(settings: Settings, key: ApiKey) -> XquikClient:
