@@ -9,6 +9,7 @@ transport (``rotator.client``) builds an ``Answer`` and asks this module what it
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import decimal
 import email.utils
 import json
@@ -22,7 +23,7 @@ from rotator.outcomes import UNCERTAIN_CODES, Outcome, WriteAction
 
 MAX_RETRY_AFTER = 86400.0
 MIN_POLL_DELAY = 0.2
-MAX_POLL_DELAY = 60.0
+MAX_POLL_DELAY = MAX_RETRY_AFTER  # the server's wait is honoured; the deadline bounds it
 DEFAULT_POLL_DELAY = 1.0
 MESSAGE_LIMIT = 200
 
@@ -112,35 +113,62 @@ def json_or_none(body: bytes) -> object:
 def retry_after_seconds(header: str | None, body: object, now: float) -> float | None:
     """Return how long the server asked us to wait, in seconds, or None if it did not say.
 
-    Reads the ``Retry-After`` header (seconds, fractional allowed, or an HTTP-date taken
-    relative to ``now``, epoch seconds), else the body's ``retryAfter`` (seconds) or
-    ``retryAfterMs``, flat or nested under ``error``. Garbage is ignored; the result is
-    clamped to [0, 86400].
+    The largest of the ``Retry-After`` header (seconds, fractional allowed, or an
+    HTTP-date taken relative to ``now``, epoch seconds) and the body's ``retryAfter``
+    (seconds) or ``retryAfterMs``, flat or nested under ``error``. Garbage is ignored;
+    the result is clamped to [0, 86400].
     """
+    return server_wait({"retry-after": header} if header else {}, body, now, polling=False)
+
+
+def server_wait(
+    headers: Mapping[str, str | None], body: object, now: float, *, polling: bool = True
+) -> float | None:
+    """Return the largest wait an answer asks for before a retry or poll, or None.
+
+    Reads ``Retry-After`` (seconds or HTTP-date), ``retry-after-ms``, the body's
+    ``retryAfter`` / ``retryAfterMs`` (flat or nested under ``error``) and, with
+    ``polling``, ``pollAfterMs`` and ``nextAction.afterMs``. Clamped to [0, 86400].
+    """
+    waits: list[float] = []
+    header = headers.get("retry-after")
     if header:
         seconds = _header_seconds(header.strip(), now)
         if seconds is not None:
-            return seconds
+            waits.append(seconds)
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        waits.append(millis / 1000)
     for record in _records(body):
-        for name, scale in (("retryAfter", 1.0), ("retryAfterMs", 0.001)):
+        names = [("retryAfter", 1.0), ("retryAfterMs", 0.001)]
+        if polling:
+            names.append(("pollAfterMs", 0.001))
+        for name, scale in names:
             number = _number(record.get(name))
             if number is not None:
-                return _clamp(number * scale, 0.0, MAX_RETRY_AFTER)
-    return None
+                waits.append(number * scale)
+        next_action = record.get("nextAction")
+        if polling and isinstance(next_action, dict):
+            after_ms = _number(next_action.get("afterMs"))
+            if after_ms is not None:
+                waits.append(after_ms / 1000)
+    if not waits:
+        return None
+    return _clamp(max(waits), 0.0, MAX_RETRY_AFTER)
 
 
 def poll_delay(answer: Answer, now: float) -> float:
-    """Return how long to wait before the next poll: Retry-After, pollAfterMs, or 1 s."""
-    seconds = retry_after_seconds(answer.headers.get("retry-after"), None, now)
-    if seconds is None and isinstance(answer.payload, dict):
-        poll_after_ms = _number(answer.payload.get("pollAfterMs"))
-        if poll_after_ms is not None:
-            seconds = poll_after_ms / 1000
-        else:
-            seconds = retry_after_seconds(None, answer.payload, now)
+    """Return how long to wait before the next poll: the largest wait asked for, or 1 s."""
+    seconds = server_wait(answer.headers, answer.payload, now)
     return _clamp(
         DEFAULT_POLL_DELAY if seconds is None else seconds, MIN_POLL_DELAY, MAX_POLL_DELAY
     )
+
+
+def should_retry(answer: Answer) -> bool | None:
+    """Return the ``x-should-retry`` header as a flag, None when absent or garbled."""
+    value = answer.headers.get("x-should-retry", "").strip().lower()
+    return {"true": True, "false": False}.get(value)
 
 
 def read_write_answer(
@@ -154,7 +182,8 @@ def read_write_answer(
     common: dict[str, Any] = {
         "status": answer.status,
         "code": code,
-        "retry_after": retry_after_seconds(answer.headers.get("retry-after"), answer.payload, now),
+        "retry_after": server_wait(answer.headers, answer.payload, now),
+        "should_retry": should_retry(answer),
         "request_id": answer.headers.get("x-request-id"),
         "write_action": action,
     }
@@ -216,18 +245,29 @@ def read_write_action(payload: object) -> WriteAction | None:
     status = str(payload.get("status") or "").strip().lower()
     terminal = payload.get("terminal")
     next_action = payload.get("nextAction")
+    if not isinstance(next_action, dict):
+        next_action = {}
+    billing = payload.get("billing")
+    if not isinstance(billing, dict):
+        billing = {}
+    charged = billing.get("charged", payload.get("charged"))
+    credits = billing.get("chargedCredits", payload.get("chargedCredits"))
+    retryable = payload.get("retryable")
     return WriteAction(
-        id=str(payload.get("id") or ""),
+        id=str(payload.get("id") or payload.get("writeActionId") or ""),
         status=status,
         terminal=_flag(terminal)
         if terminal is not None
         else status in ("success", "failed", "expired"),
         safe_to_retry=_flag(payload.get("safeToRetry")),
-        retryable=_flag(payload.get("retryable")),
+        retryable=None if retryable is None else _flag(retryable),
         status_url=_optional_str(payload.get("statusUrl")),
-        requires_new_key=isinstance(next_action, dict)
-        and _flag(next_action.get("requiresNewIdempotencyKey")),
+        requires_new_key=_flag(next_action.get("requiresNewIdempotencyKey")),
+        next_action=_code(next_action.get("type")),
         error_code=_code(payload.get("error")),
+        expires_at=_epoch(payload.get("expiresAt")),
+        charged=None if charged is None else _flag(charged),
+        charged_credits=_integer(credits) if credits is not None else None,
     )
 
 
@@ -337,6 +377,20 @@ def _integer(value: object) -> int | None:
 
 def _flag(value: object) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _epoch(value: object) -> float | None:
+    """Return an ISO 8601 time (or epoch milliseconds) as epoch seconds, None if unreadable."""
+    if isinstance(value, str) and value.strip():
+        try:
+            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    number = _number(value)
+    return None if number is None else number / 1000
 
 
 def _optional_str(value: object) -> str | None:

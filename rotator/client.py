@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import re
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -39,11 +41,12 @@ from rotator.answers import (
     read_x_accounts,
     retry_after_seconds,
     scrub,
+    server_wait,
     shorten,
     terminal_outcome,
 )
 from rotator.errors import ApiError, ApiReadError
-from rotator.outcomes import Outcome, OutcomeKind, WriteAction
+from rotator.outcomes import Outcome, OutcomeKind, TransportFailure, WriteAction
 
 # Names callers import from here; the answer-reading ones live in rotator.answers.
 __all__ = [
@@ -62,6 +65,9 @@ __all__ = [
 ]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,255}")
+EXPIRY_GRACE = 5.0  # seconds past a write's expiresAt for the server to mark it expired
+OnRecord = Callable[[WriteAction, str], None]  # a write record seen, and the URL that polls it
+_DNS_HINTS = ("name or service not known", "temporary failure in name resolution", "nodename")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +86,7 @@ class _Failure:
     kind: OutcomeKind  # "not_sent" or "no_answer"
     message: str
     exc: BaseException
+    failure: TransportFailure
 
 
 def idempotency_key(entry_id: str, image_sha256: str, rotation_id: str, generation: int = 0) -> str:
@@ -156,13 +163,18 @@ class XquikClient:
         file: FilePayload | None = None,
         url: str | None = None,
         on_answer: Callable[[], None] | None = None,
+        on_record: OnRecord | None = None,
     ) -> Outcome:
         """Change ``account``'s avatar to ``file`` or ``url`` and return what came of it.
 
-        A durable write that is still running is polled until it is terminal (never
-        resent); the outcome covers the write and its polls. ``on_answer`` is called
-        once the write itself is over (answered or failed), before any poll: polls do
-        not count against the write limit.
+        A durable write that is still running is polled until it is terminal or its
+        ``expiresAt`` has passed (never resent); without ``expiresAt`` polling stops
+        after ``max_poll_time`` with an ``unresolved`` outcome, to be resumed by
+        ``poll_write_action``. The outcome covers the write and its polls.
+        ``on_answer`` is called once the write itself is over (answered or failed),
+        before any poll: polls do not count against the write limit. ``on_record`` is
+        called with every write record seen, before the next wait, so the caller can
+        keep it.
         """
         if (file is None) == (url is None):
             raise ValueError("update_avatar needs exactly one of file or url")
@@ -181,15 +193,23 @@ class XquikClient:
             if on_answer is not None:
                 on_answer()
         if isinstance(answer, _Failure):
-            outcome = Outcome(kind=answer.kind, message=answer.message)
+            outcome = Outcome(kind=answer.kind, message=answer.message, failure=answer.failure)
         else:
-            outcome = await self._settle(answer)
+            outcome = await self._settle(answer, on_record)
         return dataclasses.replace(outcome, duration_ms=_elapsed_ms(started))
 
-    async def poll_write_action(self, location: str) -> Outcome:
+    async def poll_write_action(
+        self,
+        location: str,
+        *,
+        expires_at: float | None = None,
+        request_id: str | None = None,
+        on_record: OnRecord | None = None,
+    ) -> Outcome:
         """Poll a write action (a Location, statusUrl or full URL) until it is terminal.
 
-        Polls at least once, then for up to ``max_poll_time``.
+        Polls at least once, then until ``expires_at`` (epoch seconds, from the record)
+        or, without it, for up to ``max_poll_time``.
         """
         started = time.monotonic()
         url = self._same_origin(location)
@@ -197,7 +217,13 @@ class XquikClient:
             outcome = Outcome(kind="uncertain", message="the write action's URL is not on the API")
         else:
             outcome = await self._poll(
-                url, first_delay=0.0, request_id=None, status=None, at_least_once=True
+                url,
+                first_delay=0.0,
+                request_id=request_id,
+                status=None,
+                expires_at=expires_at,
+                at_least_once=True,
+                on_record=on_record,
             )
         return dataclasses.replace(outcome, duration_ms=_elapsed_ms(started))
 
@@ -257,34 +283,56 @@ class XquikClient:
                     method, url, extensions={"trace": trace}, **request
                 )
         except httpx.ConnectError as exc:
-            return self._failure("not_sent", f"could not connect to {host}", exc)
+            return self._failure("not_sent", _connect_failure(exc), host, exc)
         except httpx.ConnectTimeout as exc:
-            return self._failure("not_sent", f"connecting to {host} timed out", exc)
+            return self._failure("not_sent", "connect_timeout", host, exc)
         except httpx.PoolTimeout as exc:
-            return self._failure("not_sent", "no free connection to the API in time", exc)
+            return self._failure("not_sent", "connect_timeout", host, exc, "no free connection")
         except httpx.ReadTimeout as exc:
-            return self._failure("no_answer", f"no answer within {self._timeout:g} s", exc)
+            return self._failure("no_answer", "read_timeout", host, exc)
         except httpx.RemoteProtocolError as exc:
             kind: OutcomeKind = "no_answer" if sent() else "not_sent"
-            return self._failure(kind, "the server closed the connection without answering", exc)
+            return self._failure(kind, "connection_dropped", host, exc)
+        except (httpx.InvalidURL, httpx.StreamError) as exc:
+            return self._failure("not_sent", "network_error", host, exc, "unbuildable request")
         except httpx.HTTPError as exc:
             kind = "no_answer" if sent() else "not_sent"
-            return self._failure(kind, f"the request to {host} failed", exc)
+            failure = _connect_failure(exc) if kind == "not_sent" else "network_error"
+            return self._failure(kind, failure, host, exc)
         except TimeoutError as exc:
             kind = "no_answer" if sent() else "not_sent"
-            return self._failure(kind, f"no complete answer within {self._timeout:g} s", exc)
-        except (httpx.InvalidURL, httpx.StreamError) as exc:
-            return self._failure("not_sent", "the request could not be built", exc)
+            failure = "read_timeout" if kind == "no_answer" else "connect_timeout"
+            return self._failure(kind, failure, host, exc)
         body = response.content
         # items() joins a repeated header's values, as Headers.get did before.
         headers = dict(response.headers.items())
         return Answer(response.status_code, headers, body, json_or_none(body))
 
-    def _failure(self, kind: OutcomeKind, what: str, exc: BaseException) -> _Failure:
+    def _failure(
+        self,
+        kind: OutcomeKind,
+        failure: TransportFailure,
+        host: str,
+        exc: BaseException,
+        what: str | None = None,
+    ) -> _Failure:
         detail = str(exc).strip() or type(exc).__name__
-        return _Failure(kind, shorten(scrub(f"{what}: {detail}", self._api_key)), exc)
+        text = (
+            what
+            or {
+                "dns_failure": f"could not resolve {host} (DNS failure)",
+                "connection_refused": f"{host} refused the connection",
+                "tls_error": f"the TLS handshake with {host} failed",
+                "connect_timeout": f"connecting to {host} timed out",
+                "read_timeout": f"no answer from {host} within {self._timeout:g} s",
+                "connection_dropped": f"{host} closed the connection without answering",
+                "network_error": f"the request to {host} failed",
+            }[failure]
+        )
+        message = shorten(scrub(f"{text}: {detail}", self._api_key))
+        return _Failure(kind, message, exc, failure)
 
-    async def _settle(self, answer: Answer) -> Outcome:
+    async def _settle(self, answer: Answer, on_record: OnRecord | None) -> Outcome:
         """Turn the answer to a write into an Outcome, polling a running write action."""
         code, message = describe(answer, self._api_key)
         reading = read_write_answer(answer, code=code, message=message, now=self._clock())
@@ -293,6 +341,8 @@ class XquikClient:
         url = self._poll_url(answer, reading.action)
         if url is None:
             return reading.unpollable
+        if reading.action is not None and on_record is not None:
+            on_record(reading.action, url)
         return await self._poll(
             url,
             first_delay=poll_delay(answer, self._clock()),
@@ -300,7 +350,9 @@ class XquikClient:
             status=answer.status,
             # A write being verified is polled from scratch; a running one keeps its record.
             action=None if reading.verifying else reading.action,
+            expires_at=reading.action.expires_at if reading.action is not None else None,
             at_least_once=reading.verifying,
+            on_record=on_record,
         )
 
     async def _poll(
@@ -311,28 +363,25 @@ class XquikClient:
         request_id: str | None,
         status: int | None,
         action: WriteAction | None = None,
+        expires_at: float | None = None,
         at_least_once: bool = False,
+        on_record: OnRecord | None = None,
     ) -> Outcome:
-        """GET a write action until it is terminal or ``max_poll_time`` has passed."""
+        """GET a write action until it is terminal, its ``expiresAt`` passed, or the cap."""
         started = time.monotonic()
+        began = self._clock()
         slept = 0.0
         delay = first_delay
         polls = 0
         problem = "the write action did not finish"
         while True:
-            # An injected sleep may not advance the clock: count what was asked for too.
-            remaining = self._max_poll_time - max(time.monotonic() - started, slept)
+            # An injected sleep may not advance the clocks: count what was asked for too.
+            if expires_at is not None:
+                remaining = expires_at + EXPIRY_GRACE - max(self._clock(), began + slept)
+            else:
+                remaining = self._max_poll_time - max(time.monotonic() - started, slept)
             if remaining <= 0 and (polls > 0 or not at_least_once):
-                state = action.status if action is not None else "unknown"
-                return Outcome(
-                    kind="uncertain",
-                    status=status,
-                    message=shorten(
-                        f"{problem}: still {state} after {self._max_poll_time:g} s of polling"
-                    ),
-                    request_id=request_id,
-                    write_action=action,
-                )
+                return self._unfinished(action, problem, status, request_id, expires_at)
             delay = max(0.0, min(delay, remaining))
             if delay > 0:
                 await self._sleep(delay)
@@ -347,17 +396,19 @@ class XquikClient:
             polled = read_write_action(answer.payload)
             delay = poll_delay(answer, self._clock())
             if answer.is_success and polled is not None:
+                if on_record is not None and polled != action:
+                    on_record(polled, url)
                 action = polled
+                if polled.expires_at is not None:
+                    expires_at = polled.expires_at
                 if polled.terminal:
-                    retry_after = retry_after_seconds(
-                        answer.headers.get("retry-after"), answer.payload, self._clock()
-                    )
+                    retry_after = server_wait(answer.headers, answer.payload, self._clock())
                     _, message = describe(answer, self._api_key)
                     return terminal_outcome(polled, answer.status, request_id, retry_after, message)
                 problem = "the write action did not finish"
                 continue
             code, message = describe(answer, self._api_key)
-            if answer.is_success or answer.status == 429 or answer.status >= 500:
+            if answer.is_success or answer.status in {408, 409, 429} or answer.status >= 500:
                 problem = shorten(f"polling answered HTTP {answer.status}: {message}")
                 continue
             # A 4xx to a poll will not change by asking again; the write's fate is unknown.
@@ -369,6 +420,41 @@ class XquikClient:
                 request_id=request_id,
                 write_action=action,
             )
+
+    def _unfinished(
+        self,
+        action: WriteAction | None,
+        problem: str,
+        status: int | None,
+        request_id: str | None,
+        expires_at: float | None,
+    ) -> Outcome:
+        """Return the outcome of a write whose polling stopped before it was terminal."""
+        state = action.status if action is not None else "unknown"
+        if expires_at is not None:
+            # Past its deadline and still not terminal: nobody can say what became of it.
+            return Outcome(
+                kind="uncertain",
+                status=status,
+                message=shorten(f"{problem}: still {state} after its expiresAt"),
+                request_id=request_id,
+                write_action=action,
+            )
+        if action is None:
+            return Outcome(
+                kind="uncertain",
+                status=status,
+                message=shorten(f"{problem}: no write record after {self._max_poll_time:g} s"),
+                request_id=request_id,
+            )
+        # Still running with no deadline given: keep it, the next rotation polls it again.
+        return Outcome(
+            kind="unresolved",
+            status=status,
+            message=shorten(f"{problem}: still {state} after {self._max_poll_time:g} s of polling"),
+            request_id=request_id,
+            write_action=action,
+        )
 
     def _poll_url(self, answer: Answer, action: WriteAction | None) -> str | None:
         candidates = [answer.headers.get("location")]
@@ -394,6 +480,29 @@ class XquikClient:
             self._origin.port,
         )
         return str(url) if same else None
+
+
+def _connect_failure(exc: BaseException) -> TransportFailure:
+    """Tell a DNS failure, a refused connection and a TLS error apart, by the cause."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "dns_failure"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection_refused"
+        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
+            return "tls_error"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    if any(hint in text for hint in _DNS_HINTS) or "getaddrinfo" in text:
+        return "dns_failure"
+    if "connection refused" in text or "errno 111" in text:
+        return "connection_refused"
+    if "ssl" in text or "certificate" in text or "tls" in text:
+        return "tls_error"
+    return "network_error"
 
 
 def _elapsed_ms(started: float) -> int:

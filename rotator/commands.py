@@ -244,7 +244,10 @@ async def _check_online(settings: Settings, key: ApiKey) -> dict[str, Any]:
         try:
             account = await client.account_info()
         except RotatorError as exc:
-            problems.append(f"the API key was not accepted: {exc}")
+            # Only a 401/403 says anything about the key; a DNS or TLS failure does not.
+            status = getattr(exc, "status", None)
+            what = "the API key was not accepted" if status in {401, 403} else "the API failed"
+            problems.append(f"{what}: {exc}" if status else f"the API could not be reached: {exc}")
             return result
         plan = account.get("plan")
         lines.append(f"key accepted (from {key.source}); plan: {plan}")

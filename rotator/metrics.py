@@ -115,11 +115,18 @@ class Metrics:
         account = str(event.get("account", ""))
         if name == "avatar.uploaded":
             self._uploads.labels(account, "success").inc()
-            self._credits.inc(self.credits_per_call)
         elif name == "avatar.failed":
             self._uploads.labels(account, str(event.get("error") or "error")).inc()
         elif name == "avatar.uncertain":
             self._uploads.labels(account, "uncertain").inc()
+        if name in {"avatar.uploaded", "avatar.uncertain"}:
+            # What the write's record says it cost (billing.charged / chargedCredits);
+            # without a figure in the event, an upload costs credits_per_call.
+            credits = event.get("credits")
+            if isinstance(credits, int) and not isinstance(credits, bool):
+                self._credits.inc(max(0, credits))
+            elif name == "avatar.uploaded":
+                self._credits.inc(self.credits_per_call)
 
     def app(self) -> WsgiApp:
         """Return the WSGI app: ``/metrics`` (Prometheus text) and ``/healthz``."""

@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -23,12 +23,12 @@ from rotator.client import FilePayload, XquikClient, idempotency_key
 from rotator.config import AccountEntry, ApiSection
 from rotator.errors import ImageError
 from rotator.logs import emit
-from rotator.outcomes import Outcome
+from rotator.outcomes import Outcome, WriteAction
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.planner import Position, advance, next_image
 from rotator.policy import Attempt, Decision, PolicySettings, decide, pause_of
-from rotator.state import StateStore
+from rotator.state import StateStore, WriteRecord
 
 ResultKind = Literal["uploaded", "would_upload", "skipped", "uncertain", "paused"]
 
@@ -64,6 +64,8 @@ class _Rotation:
     chosen: str | None = None  # the image being sent (kept across retries)
     image: CatalogImage | None = None
     payload: Payload | None = None
+    record: WriteRecord | None = None  # the ledger's record of the write in flight
+    resume: bool = False  # ``record`` is a write to poll before anything is sent
 
     def ready(self) -> tuple[CatalogImage, Payload]:
         """Return the image and the bytes being sent (set by ``Rotator._prepare``)."""
@@ -71,9 +73,19 @@ class _Rotation:
             raise RuntimeError("rotation has no image prepared")
         return self.image, self.payload
 
+    def written(self) -> WriteRecord:
+        """Return the record of the write the last answer was about."""
+        if self.record is None:
+            raise RuntimeError("rotation has no write in flight")
+        return self.record
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
 
 
 class Rotator:
@@ -91,6 +103,8 @@ class Rotator:
         fitted_dir: Path,
         rng: random.Random | None = None,
         clock: Callable[[], dt.datetime] = _now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        credits_per_call: int = 10,
     ) -> None:
         self.state = state
         self.client = client  # None: dry run, nothing is ever sent
@@ -101,6 +115,8 @@ class Rotator:
         self.fitted_dir = fitted_dir
         self._rng = rng or random.Random()  # noqa: S311 - picking images is not cryptography
         self._clock = clock
+        self._sleep = sleep
+        self.credits_per_call = credits_per_call  # credits counted when an answer has no billing
         self.writing: set[asyncio.Task[object]] = set()  # tasks with a request on the wire
         self._account_locks: dict[str, asyncio.Lock] = {}
 
@@ -120,19 +136,25 @@ class Rotator:
     ) -> RotationResult:
         """Change ``entry``'s avatar once; ``image`` forces the image (a relative path).
 
-        ``stop_reason`` is asked before every write: when it says why (shutting down,
-        entry removed), the rotation ends there, position unchanged.
+        A write of this entry still pending in the ledger is resumed first: polled when
+        the server gave it a record, else replayed under its own key. ``stop_reason`` is
+        asked before every write: when it says why (shutting down, entry removed), the
+        rotation ends there, position unchanged.
         """
         rot = _Rotation(entry=entry, catalog=catalog, rotation_id=uuid.uuid4().hex, chosen=image)
         pending = self.state.pending_write(entry.entry_id)
-        if pending is not None and image is None:
-            # The last write of this entry got no answer (or the daemon died meanwhile):
-            # send it again under the same key, so the server tells what became of it.
+        if pending is not None and self.client is not None:
             known = catalog.get(pending.image)
-            if known is not None and known.verdict.sha256 == pending.source_sha256:
+            unchanged = known is not None and known.verdict.sha256 == pending.source_sha256
+            if pending.action_id or pending.status_url:
+                # The server knows this write: ask it what became of it, send nothing new.
+                rot.record, rot.resume = pending, True
+                rot.chosen = pending.image if unchanged and image is None else image
+            elif unchanged and image is None:
+                # No answer came (or the daemon died meanwhile): send it again under the
+                # same key, so the server tells what became of it. Later keys of this
+                # rotation come from a fresh rotation id, so none repeats a key used.
                 rot.chosen = pending.image
-                # Its own key, not one derived again: later keys of this rotation come
-                # from a fresh rotation id, so none repeats a key already used.
                 rot.replay_key = pending.idempotency_key
         while True:
             pause = self.pauses.active(entry.account)
@@ -140,35 +162,45 @@ class Rotator:
                 if not wait_for_pauses:
                     return self._result(rot, "paused", pause.describe())
                 await self.pauses.wait(entry.account)
-            if not await self._prepare(rot):
-                emit("rotation.skipped", account=entry.account, reason="no usable image")
-                return self._result(rot, "skipped", "no usable image")
-            if self.client is None:
-                return self._pretend(rot)
-            if (stopped := self._stopped(rot, stop_reason)) is not None:
-                return stopped
-            key = rot.replay_key or self._new_key(rot)
-            # One write per account at a time: an answer that pauses the account is
-            # seen by the account's next write before it goes out.
-            async with self._account_lock(entry.account):
-                outcome = await self._send(rot, key)
-                if outcome is None:  # a pause began while this write waited for its turn
+            if rot.resume:
+                if (stopped := self._stopped(rot, stop_reason)) is not None:
+                    return stopped
+                key = rot.written().idempotency_key
+                async with self._account_lock(entry.account):
+                    outcome = await self._resume(rot)
+                rot.resume = False
+                if rot.chosen is not None:
+                    await self._prepare(rot)  # for a retry of the same image, if one follows
+            else:
+                if not await self._prepare(rot):
+                    emit("rotation.skipped", account=entry.account, reason="no usable image")
+                    return self._result(rot, "skipped", "no usable image")
+                if self.client is None:
+                    return self._pretend(rot)
+                if (stopped := self._stopped(rot, stop_reason)) is not None:
+                    return stopped
+                key = rot.replay_key or self._new_key(rot)
+                # One write per account at a time: an answer that pauses the account is
+                # seen by the account's next write before it goes out.
+                async with self._account_lock(entry.account):
+                    sent = await self._send(rot, key)
+                if sent is None:  # a pause began while this write waited for its turn
                     continue
-                rot.tries += 1
-                attempt = Attempt(
-                    tries=rot.tries,
-                    pause_level=self._pause_level(rot, outcome),
-                    url_mode=self._url_for(rot) is not None,
-                )
-                decision = decide(outcome, attempt, self.policy, self._rng)
-                result = self._act(rot, outcome, decision)
+                outcome = sent
+            rot.tries += 1
+            attempt = Attempt(
+                tries=rot.tries,
+                pause_level=self._pause_level(rot, outcome),
+                url_mode=self._url_for(rot) is not None,
+            )
+            decision = decide(outcome, attempt, self.policy, self._rng)
+            result = self._act(rot, outcome, decision, key)
             if result is not None:
                 return result
             if (stopped := self._stopped(rot, stop_reason)) is not None:
                 return stopped  # not after a retry delay: a shutdown should not wait for it
-            rot.replay_key = key if decision.action == "replay" else None
             if decision.action in {"retry", "replay"} and decision.delay > 0:
-                await asyncio.sleep(decision.delay)
+                await self._sleep(decision.delay)
 
     # -- steps -----------------------------------------------------------------------
 
@@ -178,6 +210,8 @@ class Rotator:
             image = self._choose(rot)
             if image is None:
                 return False
+            if rot.image is image and rot.payload is not None:
+                return True
             try:
                 rot.payload = await asyncio.to_thread(
                     rot.catalog.load_payload, image, self.fitted_dir
@@ -206,17 +240,21 @@ class Rotator:
         names = [name for name, image in usable.items() if image.verdict.sha256 not in refused]
         saved = self.state.entry(rot.entry.entry_id)
         position = Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle)
+        exclude = set(rot.excluded)
+        if saved.uncertain and saved.last_image is not None:
+            # X may have that write: a new key for the same image could double it.
+            exclude.add(saved.last_image)
         name = next_image(
             rot.entry.order,
             names,
             position,
             self._rng,
             sort_key=natural_key,
-            exclude=rot.excluded,
+            exclude=exclude,
         )
         if name is None:
             return None
-        rot.chosen = name
+        rot.chosen, rot.replay_key = name, None  # a key belongs to the image it was sent with
         return usable[name]
 
     def _stopped(
@@ -250,12 +288,34 @@ class Rotator:
         base = (rot.entry.public_base_url or self.api.public_base_url or "").rstrip("/")
         return f"{base}/{quote(image.relative)}"
 
+    def _keep(self, rot: _Rotation, **changes: object) -> None:
+        """Replace the write's record with what the server told, and persist it."""
+        record = dataclasses.replace(rot.written(), **changes)  # type: ignore[arg-type]
+        if record != rot.record:
+            rot.record = record
+            self.state.save_write(record, now=self._clock())
+
+    def _on_record(self, rot: _Rotation) -> Callable[[WriteAction, str], None]:
+        """Return the callback that keeps every write record the client sees."""
+
+        def keep(action: WriteAction, url: str) -> None:
+            expires = action.expires_at
+            self._keep(
+                rot,
+                action_id=action.id or rot.written().action_id,
+                status_url=url,
+                expires_at=None if expires is None else dt.datetime.fromtimestamp(expires, dt.UTC),
+                last_status=action.status or None,
+            )
+
+        return keep
+
     async def _send(self, rot: _Rotation, key: str) -> Outcome | None:
         """Send the write when the pacer allows; None when a pause began meanwhile."""
         assert self.client is not None
         image, payload = rot.ready()
         url = self._url_for(rot)
-        self.state.begin_write(
+        rot.record = WriteRecord(
             entry_id=rot.entry.entry_id,
             account=rot.entry.account,
             image=image.relative,
@@ -263,8 +323,10 @@ class Rotator:
             source_sha256=payload.source_sha256,
             idempotency_key=key,
             rotation_id=rot.rotation_id,
-            now=self._clock(),
+            started=self._clock(),
+            last_status="sending",
         )
+        self.state.save_write(rot.record, now=self._clock())
         async with self.pacer.slot() as answered:
             if self.pauses.active(rot.entry.account) is not None:
                 return None
@@ -273,16 +335,56 @@ class Rotator:
                 self.writing.add(task)
             try:
                 if url is not None:
-                    return await self.client.update_avatar(
-                        rot.entry.account, idempotency_key=key, url=url, on_answer=answered
+                    outcome = await self.client.update_avatar(
+                        rot.entry.account,
+                        idempotency_key=key,
+                        url=url,
+                        on_answer=answered,
+                        on_record=self._on_record(rot),
                     )
-                file = FilePayload(data=payload.data, filename=payload.filename, mime=payload.mime)
-                return await self.client.update_avatar(
-                    rot.entry.account, idempotency_key=key, file=file, on_answer=answered
-                )
+                else:
+                    file = FilePayload(
+                        data=payload.data, filename=payload.filename, mime=payload.mime
+                    )
+                    outcome = await self.client.update_avatar(
+                        rot.entry.account,
+                        idempotency_key=key,
+                        file=file,
+                        on_answer=answered,
+                        on_record=self._on_record(rot),
+                    )
             finally:
                 if task is not None:
                     self.writing.discard(task)
+        if outcome.request_id is not None:
+            self._keep(rot, request_id=outcome.request_id)
+        return outcome
+
+    async def _resume(self, rot: _Rotation) -> Outcome:
+        """Poll the pending write the ledger holds until it resolves (or polling must stop)."""
+        assert self.client is not None
+        record = rot.written()
+        location = record.status_url or f"/x/write-actions/{quote(record.action_id or '', safe='')}"
+        emit(
+            "write.resumed",
+            account=rot.entry.account,
+            image=record.image,
+            action_id=record.action_id,
+            status=record.last_status,
+        )
+        task = asyncio.current_task()
+        if task is not None:
+            self.writing.add(task)
+        try:
+            return await self.client.poll_write_action(
+                location,
+                expires_at=_epoch(record.expires_at),
+                request_id=record.request_id,
+                on_record=self._on_record(rot),
+            )
+        finally:
+            if task is not None:
+                self.writing.discard(task)
 
     def _pause_level(self, rot: _Rotation, outcome: Outcome) -> int:
         """Return how often the pause this outcome calls for has come back already."""
@@ -296,105 +398,143 @@ class Rotator:
             return current.level
         return self.pauses.level_for(scope, rot.entry.account, kind)
 
-    def _act(self, rot: _Rotation, outcome: Outcome, decision: Decision) -> RotationResult | None:
+    def _act(
+        self, rot: _Rotation, outcome: Outcome, decision: Decision, key: str
+    ) -> RotationResult | None:
         """Record the answer and return the rotation's result, or None to go on."""
         entry = rot.entry
-        image, payload = rot.ready()
+        record = rot.written()
         now = self._clock()
+        action_id = outcome.write_action.id if outcome.write_action else record.action_id
+        credits = outcome.credits_spent(self.credits_per_call)
         if decision.action == "done":
-            self._move_on(rot, outcome, now)
+            self._move_on(rot, outcome, now, credits)
             self.pauses.succeeded(entry.account)
             emit(
                 "avatar.uploaded",
                 account=entry.account,
-                image=image.relative,
-                bytes=len(payload.data),
+                image=record.image,
+                bytes=len(rot.payload.data) if rot.payload is not None else None,
                 duration_ms=outcome.duration_ms,
                 request_id=outcome.request_id,
-                fitted=payload.fitted is not None,
+                action_id=action_id or None,
+                credits=credits,
+                fitted=rot.payload is not None and rot.payload.fitted is not None,
             )
             return self._result(rot, "uploaded", decision.reason)
+        if decision.pause is not None and decision.action != "pause":
+            self._pause(rot, decision)  # e.g. a failed record that is uncertain and throttled
+        if decision.refuse_image and decision.action != "next_image":
+            self._refuse(rot, decision, now)
         if decision.action == "uncertain":
             # It may have happened: move on rather than send the same image blindly.
             self.state.record_uncertain(
                 entry_id=entry.entry_id,
                 account=entry.account,
-                image=image.relative,
-                sha256=payload.sha256,
-                source_sha256=payload.source_sha256,
-                error_code=outcome.code,
+                image=record.image,
+                sha256=record.sha256,
+                source_sha256=record.source_sha256,
+                error_code=outcome.code or decision.reason,
                 status=outcome.status,
                 message=outcome.message,
-                request_id=outcome.request_id,
+                request_id=outcome.request_id or record.request_id,
                 attempt=rot.tries,
                 now=now,
                 shown_in_cycle=self._position_after(rot).shown_in_cycle,
+                action_id=action_id or None,
+                credits=credits,
             )
             emit(
                 "avatar.uncertain",
                 account=entry.account,
-                image=image.relative,
+                image=record.image,
                 error=decision.reason,
                 status=outcome.status,
-                request_id=outcome.request_id,
+                request_id=outcome.request_id or record.request_id,
+                action_id=action_id or None,
+                credits=credits,
             )
             return self._result(rot, "uncertain", decision.reason)
 
+        # The same key may go out again (now, after a pause, or at the next rotation):
+        # the ledger keeps the write until the server has told what became of it.
+        same_key = decision.action in {"replay", "resume_later"} or (
+            decision.action == "pause" and not decision.new_key
+        )
         retry_in = decision.delay if decision.action in {"retry", "replay"} else None
         self.state.record_failure(
             entry_id=entry.entry_id,
             account=entry.account,
-            image=image.relative,
-            sha256=payload.sha256,
-            source_sha256=payload.source_sha256,
-            outcome=outcome.kind,
+            image=record.image,
+            sha256=record.sha256,
+            source_sha256=record.source_sha256,
+            outcome="unresolved" if decision.action == "resume_later" else outcome.kind,
             error_code=outcome.code,
             status=outcome.status,
             message=outcome.message,
-            request_id=outcome.request_id,
+            request_id=outcome.request_id or record.request_id,
             attempt=rot.tries,
-            keep_pending=decision.action == "replay",
+            keep_pending=same_key,
             now=now,
+            action_id=action_id or None,
+            credits=credits,
         )
         emit(
             "avatar.failed",
             account=entry.account,
-            image=image.relative,
+            image=record.image,
             error=decision.reason,
             status=outcome.status,
             message=outcome.message,
             attempt=rot.tries,
             retry_in_s=None if retry_in is None else round(retry_in, 3),
             action=decision.action,
+            action_id=action_id or None,
         )
-        if decision.action == "give_up" or (
+        if decision.action in {"give_up", "resume_later"} or (
             decision.counts_as_try and rot.tries >= self.policy.attempts
         ):
-            why = decision.detail or "out of tries"
+            why = decision.detail or (
+                "the write is still running: the next rotation resumes it"
+                if decision.action == "resume_later"
+                else "out of tries"
+            )
             emit("rotation.skipped", account=entry.account, reason=f"{decision.reason}: {why}")
             return self._result(rot, "skipped", decision.reason)
+        rot.replay_key = key if same_key else None
         if decision.action == "next_image":
-            self.state.mark_rejected_by_server(
-                sha256=payload.source_sha256, path=image.relative, code=decision.reason, now=now
-            )
-            rot.excluded.add(image.relative)
+            self._refuse(rot, decision, now)
+            rot.excluded.add(record.image)
             rot.chosen = None
         elif decision.action == "as_file":
             rot.as_file = True
             rot.generation += 1  # other bytes than the URL write: a new Idempotency-Key
         elif decision.action == "pause":
-            assert decision.pause is not None
-            self.pauses.pause(
-                scope="key" if decision.scope == "key" else "account",
-                account=entry.account,
-                kind=decision.pause,
-                reason=decision.reason,
-                seconds=decision.delay,
-            )
-            rot.generation += 1
+            self._pause(rot, decision)
+            if decision.new_key:
+                rot.generation += 1
         elif decision.action in {"retry", "new_key"}:  # same image, a new Idempotency-Key
             rot.generation += 1
         return None
+
+    def _pause(self, rot: _Rotation, decision: Decision) -> None:
+        """Start the pause a decision calls for."""
+        assert decision.pause is not None
+        scope = decision.pause_scope or ("key" if decision.scope == "key" else "account")
+        self.pauses.pause(
+            scope=scope,
+            account=rot.entry.account,
+            kind=decision.pause,
+            reason=decision.reason,
+            seconds=decision.pause_for or decision.delay,
+        )
+
+    def _refuse(self, rot: _Rotation, decision: Decision, now: dt.datetime) -> None:
+        """Remember the image as refused by the server until its file changes."""
+        record = rot.written()
+        self.state.mark_rejected_by_server(
+            sha256=record.source_sha256, path=record.image, code=decision.reason, now=now
+        )
 
     def _pretend(self, rot: _Rotation) -> RotationResult:
         """Do everything but the write: log it and move the position on."""
@@ -410,40 +550,52 @@ class Rotator:
         )
         return self._result(rot, "would_upload", "dry run")
 
-    def _move_on(self, rot: _Rotation, outcome: Outcome | None, now: dt.datetime) -> None:
+    def _move_on(
+        self, rot: _Rotation, outcome: Outcome | None, now: dt.datetime, credits: int = 0
+    ) -> None:
         """Record the image as sent and the position after it, in one transaction."""
-        image, payload = rot.ready()
+        if rot.record is None:  # a dry run: nothing was written
+            image, payload = rot.ready()
+            name, sha256, source = image.relative, payload.sha256, payload.source_sha256
+        else:
+            name, sha256, source = rot.record.image, rot.record.sha256, rot.record.source_sha256
         position = self._position_after(rot)
+        action = outcome.write_action if outcome else None
         self.state.record_success(
             entry_id=rot.entry.entry_id,
             account=rot.entry.account,
-            image=image.relative,
-            sha256=payload.sha256,
-            source_sha256=payload.source_sha256,
+            image=name,
+            sha256=sha256,
+            source_sha256=source,
             shown_in_cycle=position.shown_in_cycle,
             request_id=outcome.request_id if outcome else None,
             status=outcome.status if outcome else None,
             duration_ms=outcome.duration_ms if outcome else 0,
             now=now,
+            action_id=action.id if action and action.id else None,
+            credits=credits if outcome else None,
         )
 
     def _position_after(self, rot: _Rotation) -> Position:
         """Return the entry's position once the image being sent counts as sent."""
-        image, _ = rot.ready()
+        sent = rot.record.image if rot.record is not None else rot.ready()[0].relative
         saved = self.state.entry(rot.entry.entry_id)
         return advance(
             rot.entry.order,
             [usable.relative for usable in rot.catalog.usable()],
             Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle),
-            image.relative,
+            sent,
         )
 
     @staticmethod
     def _result(rot: _Rotation, kind: ResultKind, reason: str) -> RotationResult:
+        image = rot.record.image if rot.record is not None else None
+        if rot.image is not None and (image is None or kind == "skipped"):
+            image = rot.image.relative
         return RotationResult(
             entry_id=rot.entry.entry_id,
             account=rot.entry.account,
             kind=kind,
-            image=rot.image.relative if rot.image is not None else None,
+            image=image,
             reason=reason,
         )

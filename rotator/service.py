@@ -779,6 +779,7 @@ def _rotator(
         policy=pauses.settings,
         api=settings.api,
         fitted_dir=state_dir / FITTED_DIR,
+        credits_per_call=settings.api.credits_per_call,
     )
 
 

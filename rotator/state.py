@@ -83,6 +83,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
             verdict TEXT NOT NULL)""",
     ),
+    # 2: the write ledger. A pending write keeps its write record (id, statusUrl,
+    # expiresAt, last status, request id) so a restart resumes it; history rows name
+    # the write action and the credits it cost. Additive only: a v1 state opens as is.
+    (
+        "ALTER TABLE pending_writes ADD COLUMN action_id TEXT",
+        "ALTER TABLE pending_writes ADD COLUMN status_url TEXT",
+        "ALTER TABLE pending_writes ADD COLUMN expires_at TEXT",
+        "ALTER TABLE pending_writes ADD COLUMN last_status TEXT",
+        "ALTER TABLE pending_writes ADD COLUMN request_id TEXT",
+        "ALTER TABLE history ADD COLUMN action_id TEXT",
+        "ALTER TABLE history ADD COLUMN credits INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -104,17 +116,29 @@ class EntryState:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PendingWrite:
-    """A write recorded before its request was sent, to replay with the same key."""
+class WriteRecord:
+    """Everything known about one write, kept before its request is sent and on each change.
+
+    Made once by the rotation and replaced whole (``dataclasses.replace``) when the
+    server tells more; a restart finds it and resumes the write before anything new.
+    """
 
     entry_id: str
     account: str
     image: str
-    sha256: str
-    source_sha256: str
+    sha256: str  # of the bytes sent
+    source_sha256: str  # of the file the bytes came from
     idempotency_key: str
     rotation_id: str
     started: dt.datetime
+    action_id: str | None = None  # the server's write-action id, once known
+    status_url: str | None = None  # where the write action is polled
+    expires_at: dt.datetime | None = None  # deadline for resolving a running write
+    last_status: str | None = None  # sending | accepted | ... | the last record's status
+    request_id: str | None = None  # X-Request-Id of the write
+
+
+PendingWrite = WriteRecord  # the name older callers use
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,6 +158,8 @@ class HistoryRow:
     message: str
     attempt: int
     duration_ms: int | None
+    action_id: str | None = None  # the server's write-action id, when it gave one
+    credits: int | None = None  # credits the write cost, by its record's billing
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -293,35 +319,50 @@ class StateStore:
         now: dt.datetime,
     ) -> None:
         """Record a write before its request is sent, replacing any pending one."""
+        self.save_write(
+            WriteRecord(
+                entry_id=entry_id,
+                account=account,
+                image=image,
+                sha256=sha256,
+                source_sha256=source_sha256,
+                idempotency_key=idempotency_key,
+                rotation_id=rotation_id,
+                started=now,
+                last_status="sending",
+            ),
+            now=now,
+        )
+
+    def save_write(self, record: WriteRecord, *, now: dt.datetime) -> None:
+        """Keep ``record`` as the entry's pending write (before the send, and on each change)."""
+        fields = dataclasses.asdict(record)
+        fields["started"] = _time_text(record.started)
+        fields["expires_at"] = None if record.expires_at is None else _time_text(record.expires_at)
         with self._write() as conn:
-            _touch_entry(conn, entry_id, account)
+            _touch_entry(conn, record.entry_id, record.account)
             conn.execute(
-                """INSERT OR REPLACE INTO pending_writes VALUES (:entry_id, :account, :image,
-                   :sha256, :source_sha256, :idempotency_key, :rotation_id, :started)""",
-                {
-                    "entry_id": entry_id,
-                    "account": account,
-                    "image": image,
-                    "sha256": sha256,
-                    "source_sha256": source_sha256,
-                    "idempotency_key": idempotency_key,
-                    "rotation_id": rotation_id,
-                    "started": _time_text(now),
-                },
+                """INSERT OR REPLACE INTO pending_writes (entry_id, account, image, sha256,
+                   source_sha256, idempotency_key, rotation_id, started, action_id, status_url,
+                   expires_at, last_status, request_id) VALUES (:entry_id, :account, :image,
+                   :sha256, :source_sha256, :idempotency_key, :rotation_id, :started,
+                   :action_id, :status_url, :expires_at, :last_status, :request_id)""",
+                fields,
             )
             conn.execute(
                 "UPDATE entries SET last_attempt = ? WHERE entry_id = ?",
-                (_time_text(now), entry_id),
+                (_time_text(now), record.entry_id),
             )
 
-    def pending_write(self, entry_id: str) -> PendingWrite | None:
+    def pending_write(self, entry_id: str) -> WriteRecord | None:
         """Return the entry's write whose result was never recorded, if any."""
         rows = self._read("SELECT * FROM pending_writes WHERE entry_id = ?", (entry_id,))
         if not rows:
             return None
         row = dict(rows[0])
         row["started"] = _time_value(row["started"])
-        return PendingWrite(**row)
+        row["expires_at"] = _maybe_time(row["expires_at"])
+        return WriteRecord(**row)
 
     def record_success(
         self,
@@ -337,6 +378,8 @@ class StateStore:
         duration_ms: int,
         now: dt.datetime,
         attempt: int = 1,
+        action_id: str | None = None,
+        credits: int | None = None,
     ) -> None:
         """Move the entry's position to ``image``, audit it and clear the pending write, at once."""
         when = _time_text(now)
@@ -364,6 +407,8 @@ class StateStore:
                     message="",
                     attempt=attempt,
                     duration_ms=duration_ms,
+                    action_id=action_id,
+                    credits=credits,
                 ),
             )
             conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
@@ -385,6 +430,8 @@ class StateStore:
         keep_pending: bool,
         now: dt.datetime,
         duration_ms: int | None = None,
+        action_id: str | None = None,
+        credits: int | None = None,
     ) -> None:
         """Audit a failed attempt and set ``last_error``; the position does not move.
 
@@ -407,6 +454,8 @@ class StateStore:
             now=now,
             keep_pending=keep_pending,
             uncertain=False,
+            action_id=action_id,
+            credits=credits,
         )
 
     def record_uncertain(
@@ -425,6 +474,8 @@ class StateStore:
         now: dt.datetime,
         duration_ms: int | None = None,
         shown_in_cycle: frozenset[str] | None = None,
+        action_id: str | None = None,
+        credits: int | None = None,
     ) -> None:
         """Audit a write whose outcome is unknown and flag the entry.
 
@@ -449,6 +500,8 @@ class StateStore:
             keep_pending=False,
             uncertain=True,
             moved_to=None if shown_in_cycle is None else (image, sha256, shown_in_cycle),
+            action_id=action_id,
+            credits=credits,
         )
 
     def _record_unsuccessful(
@@ -470,6 +523,8 @@ class StateStore:
         keep_pending: bool,
         uncertain: bool,
         moved_to: tuple[str | None, str | None, frozenset[str]] | None = None,
+        action_id: str | None = None,
+        credits: int | None = None,
     ) -> None:
         when = _time_text(now)
         with self._write() as conn:
@@ -502,6 +557,8 @@ class StateStore:
                     message=message,
                     attempt=attempt,
                     duration_ms=duration_ms,
+                    action_id=action_id,
+                    credits=credits,
                 ),
             )
             if not keep_pending:
@@ -765,9 +822,10 @@ def _audit(conn: sqlite3.Connection, row: HistoryRow) -> None:
     fields["message"] = _short(row.message, MAX_MESSAGE_CHARS)
     conn.execute(
         """INSERT INTO history (time, entry_id, account, image, sha256, source_sha256, outcome,
-           error_code, status, request_id, message, attempt, duration_ms)
+           error_code, status, request_id, message, attempt, duration_ms, action_id, credits)
            VALUES (:time, :entry_id, :account, :image, :sha256, :source_sha256, :outcome,
-           :error_code, :status, :request_id, :message, :attempt, :duration_ms)""",
+           :error_code, :status, :request_id, :message, :attempt, :duration_ms, :action_id,
+           :credits)""",
         fields,
     )
 

@@ -49,14 +49,15 @@ def read(reply: Answer) -> Outcome | PollNeeded:
         (email.utils.formatdate(NOW - 30, usegmt=True), None, 0.0),
         ("5, 7", {"retryAfter": 9}, 9.0),  # a repeated header, joined, is unreadable
         (" 2.5 ", None, 2.5),
-        (None, {"retryAfter": 3, "error": {"retryAfter": 8}}, 3.0),
-        (None, {"retryAfterMs": 250, "error": {"retryAfter": 8}}, 0.25),
+        (None, {"retryAfter": 3, "error": {"retryAfter": 8}}, 8.0),
+        (None, {"retryAfterMs": 250, "error": {"retryAfter": 8}}, 8.0),
+        ("2", {"retryAfterMs": 2500}, 2.5),
         (None, {"retryAfter": True, "retryAfterMs": "1500"}, 1.5),
         (None, "retryAfter", None),
     ],
 )
 def test_retry_after_edge_cases(header: str | None, body: object, expected: float | None) -> None:
-    """Undated zones, past dates, joined headers, flat-before-nested and booleans read right."""
+    """Undated zones, past dates, joined headers, nested bodies and booleans; the largest wins."""
     assert retry_after_seconds(header, body, NOW) == expected
 
 
@@ -78,17 +79,20 @@ def test_http_date_without_zone_is_utc(far_from_utc: None) -> None:
 @pytest.mark.parametrize(
     ("headers", "payload", "expected"),
     [
-        ({"retry-after": "3"}, {"pollAfterMs": 9000}, 3.0),
-        ({}, {"pollAfterMs": 4000, "retryAfter": 9}, 4.0),
+        ({"retry-after": "3"}, {"pollAfterMs": 9000}, 9.0),
+        ({"retry-after": "3"}, {"pollAfterMs": 900}, 3.0),
+        ({}, {"pollAfterMs": 4000, "retryAfter": 9}, 9.0),
+        ({"retry-after-ms": "1600"}, {"nextAction": {"type": "poll", "afterMs": 30000}}, 30.0),
+        ({"retry-after-ms": "7500"}, {"pollAfterMs": 10}, 7.5),
         ({}, {"retryAfter": 5}, 5.0),
         ({"retry-after": "never"}, {"pollAfterMs": "soon"}, 1.0),
         ({}, {"pollAfterMs": -50}, 0.2),
     ],
 )
-def test_poll_delay_prefers_header_then_poll_after_ms_then_body(
+def test_poll_delay_is_the_largest_wait_asked_for(
     headers: dict[str, str], payload: object, expected: float
 ) -> None:
-    """Retry-After beats pollAfterMs, which beats the body's retryAfter; garbage means 1 s."""
+    """Retry-After, retry-after-ms, pollAfterMs, nextAction.afterMs, retryAfter: the largest."""
     assert poll_delay(Answer(202, headers, b"", payload), NOW) == expected
 
 

@@ -228,12 +228,12 @@ def test_poll_after_ms_is_used_without_retry_after(fake_xquik: FakeXquik) -> Non
 
 @pytest.mark.parametrize(
     ("retry_after", "poll_after_ms", "expected"),
-    [("600", None, 60.0), ("0", None, 0.2), (None, 10, 0.2), (None, None, 1.0)],
+    [("90", None, 90.0), ("0", None, 0.2), (None, 10, 0.2), (None, None, 1.0)],
 )
 def test_poll_delay_is_clamped(
     fake_xquik: FakeXquik, retry_after: str | None, poll_after_ms: int | None, expected: float
 ) -> None:
-    """The poll delay is clamped to [0.2 s, 60 s] and defaults to 1 s."""
+    """The poll delay is at least 0.2 s, defaults to 1 s, and honours a long server wait."""
     fake_xquik.script(
         Reply(
             durable_pending=True,
@@ -328,12 +328,12 @@ def test_expired_action_without_error_is_an_error_without_code(fake_xquik: FakeX
     assert outcome.write_action.status == "expired"
 
 
-def test_polling_past_max_poll_time_is_uncertain(fake_xquik: FakeXquik) -> None:
-    """A write still running after max_poll_time is uncertain and was never resent."""
+def test_polling_past_max_poll_time_is_unresolved(fake_xquik: FakeXquik) -> None:
+    """A write without expiresAt still running after max_poll_time is unresolved, not resent."""
     fake_xquik.script(Reply(durable_pending=True, polls_until_terminal=100, retry_after="2"))
     sleep = RecordedSleep()
     outcome = upload(fake_xquik, sleep=sleep, max_poll_time=5.0)
-    assert outcome.kind == "uncertain"
+    assert outcome.kind == "unresolved"
     assert outcome.write_action is not None
     assert not outcome.write_action.terminal
     assert sleep.delays == [2.0, 2.0, 1.0]
@@ -343,7 +343,7 @@ def test_polling_past_max_poll_time_is_uncertain(fake_xquik: FakeXquik) -> None:
 
 
 def test_uncertain_write_can_be_resumed_by_polling(fake_xquik: FakeXquik) -> None:
-    """poll_write_action resumes an uncertain write from its statusUrl to its terminal state."""
+    """poll_write_action resumes an unresolved write from its statusUrl to its terminal state."""
     fake_xquik.script(Reply(durable_pending=True, polls_until_terminal=0))
 
     async def write_then_resume(client: XquikClient) -> tuple[Outcome, Outcome]:
@@ -354,7 +354,7 @@ def test_uncertain_write_can_be_resumed_by_polling(fake_xquik: FakeXquik) -> Non
         return first, await client.poll_write_action(first.write_action.status_url)
 
     first, resumed = run(fake_xquik, write_then_resume, max_poll_time=0.0, sleep=RecordedSleep())
-    assert first.kind == "uncertain"
+    assert first.kind == "unresolved"
     assert resumed.kind == "success"
     assert len(fake_xquik.writes()) == 1
 
@@ -578,7 +578,8 @@ def test_connection_refused_is_not_sent() -> None:
 
     outcome = asyncio.run(write())
     assert outcome.kind == "not_sent"
-    assert "could not connect" in outcome.message
+    assert outcome.failure == "connection_refused"
+    assert "refused the connection" in outcome.message
 
 
 # -- idempotency -----------------------------------------------------------------------
@@ -731,7 +732,7 @@ def test_unreachable_api_on_a_read_raises_api_read_error() -> None:
         async with XquikClient(base_url, "xq_" + "1" * 64, timeout=2.0) as client:
             return await client.credits_balance()
 
-    with pytest.raises(ApiReadError, match="could not connect") as caught:
+    with pytest.raises(ApiReadError, match="refused the connection") as caught:
         asyncio.run(read())
     assert caught.value.status is None
     assert caught.value.__cause__ is not None

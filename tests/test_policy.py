@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import typing
@@ -174,14 +175,17 @@ TRANSIENT = [
 
 @pytest.mark.parametrize("outcome", TRANSIENT)
 @pytest.mark.parametrize("tries", [1, 2, 3])
-def test_transient_errors_retry_with_full_jitter(outcome: Outcome, tries: int) -> None:
-    """Transient failures retry the same image after random(0, min(max, initial*2^n))."""
+def test_transient_errors_replay_the_same_key_with_full_jitter(
+    outcome: Outcome, tries: int
+) -> None:
+    """A 5xx replays under the SAME key (the SDK's rule); only a request that never left may
+    take a new one. Delays are random(0, min(max, initial*2^n))."""
     decision = run(outcome, Attempt(tries=tries))
     if outcome.kind == "not_sent":
         # Nothing left the machine: a new key and the same key are both safe.
         assert decision.action in {"retry", "replay"}
     else:
-        assert decision.action == "retry"
+        assert decision.action == "replay"
     assert decision.scope == "attempt"
     assert decision.counts_as_try
     assert 0.0 <= decision.delay <= jitter_ceiling(tries)
@@ -189,11 +193,54 @@ def test_transient_errors_retry_with_full_jitter(outcome: Outcome, tries: int) -
 
 @pytest.mark.parametrize("outcome", TRANSIENT)
 @pytest.mark.parametrize("tries", [4, 5, 9])
-def test_transient_errors_give_up_when_out_of_tries(outcome: Outcome, tries: int) -> None:
-    """After ``attempts`` tries a transient failure gives the rotation up."""
+def test_transient_errors_out_of_tries_keep_the_write_for_the_next_rotation(
+    outcome: Outcome, tries: int
+) -> None:
+    """Out of tries, a 5xx write is kept for a same-key replay; a never-sent one is given up."""
     decision = run(outcome, Attempt(tries=tries))
-    assert (decision.action, decision.scope) == ("give_up", "rotation")
-    assert decision.detail
+    if outcome.kind == "not_sent":
+        assert (decision.action, decision.scope) == ("give_up", "rotation")
+        assert decision.detail
+    else:
+        assert (decision.action, decision.delay) == ("replay", 0.0)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 409])
+def test_x_should_retry_false_stops_the_replay(status: int) -> None:
+    """x-should-retry: false is obeyed over the status: no resend at all; a 5xx is uncertain."""
+    outcome = Outcome(kind="error", status=status, should_retry=False)
+    decision = run(outcome)
+    assert decision.action == ("uncertain" if status >= 500 else "give_up")
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 400), ("some_new_code", 403)])
+def test_x_should_retry_true_replays_a_4xx_under_the_same_key(
+    code: str | None, status: int
+) -> None:
+    """x-should-retry: true is obeyed over the status: the same key goes out again."""
+    decision = run(Outcome(kind="error", status=status, code=code, should_retry=True))
+    assert decision.action == "replay"
+
+
+@pytest.mark.parametrize(("retry_after", "floor"), [(30.0, 30.0), (0.5, 0.0), (None, 0.0)])
+def test_a_replay_waits_at_least_what_the_server_asked(
+    retry_after: float | None, floor: float
+) -> None:
+    """The largest server wait (already merged by answers) is a floor under the backoff."""
+    decision = run(Outcome(kind="error", status=503, retry_after=retry_after))
+    assert decision.action == "replay"
+    assert decision.delay >= floor
+    assert decision.delay <= max(floor, jitter_ceiling(1))
+
+
+@pytest.mark.parametrize("tries", [1, 3, 4, 9])
+def test_idempotency_in_progress_waits_and_replays_the_same_key(tries: int) -> None:
+    """409 idempotency_in_progress: wait what is asked, then the same key, never a new one."""
+    outcome = error("idempotency_in_progress", 409, retry_after=12.0)
+    decision = run(outcome, Attempt(tries=tries))
+    assert decision.action == "replay"
+    if tries < 4:
+        assert decision.delay >= 12.0
 
 
 def test_transient_backoff_is_jittered_across_the_whole_range() -> None:
@@ -346,52 +393,122 @@ def durable(code: str, status: int, action: WriteAction) -> Outcome:
     return Outcome(kind="error", status=status, code=code, write_action=action)
 
 
-@pytest.mark.parametrize("code", ["x_transient_error", "x_write_failed", "internal_error"])
-def test_failed_write_safe_to_retry_is_retried(code: str) -> None:
-    """A failed durable write with safeToRetry is retried by its error code's row."""
-    decision = run(durable(code, 200, failed_action(safe=True)), Attempt(tries=1))
+@pytest.mark.parametrize("code", ["x_transient_error", "x_write_failed", "internal_error", None])
+@pytest.mark.parametrize("status", ["failed", "expired"])
+def test_failed_write_safe_to_retry_is_retried_under_a_new_key(
+    code: str | None, status: str
+) -> None:
+    """failed/expired + safeToRetry (retryable not false) retries now, under a new key."""
+    action = dataclasses.replace(failed_action(safe=True, retryable=True, code=code), status=status)
+    decision = run(durable(code or "", 200, action), Attempt(tries=1))
     assert (decision.action, decision.scope) == ("retry", "attempt")
     assert 0.0 <= decision.delay <= jitter_ceiling(1)
 
 
-@pytest.mark.parametrize("code", ["x_transient_error", "write_tracking_unavailable"])
-def test_failed_write_not_safe_to_retry_is_given_up(code: str) -> None:
-    """A failed durable write without safeToRetry is not sent again."""
-    decision = run(durable(code, 503, failed_action(safe=False)), Attempt(tries=1))
+@pytest.mark.parametrize(
+    "code", ["x_transient_error", "write_tracking_unavailable", None, "x_rate_limited"]
+)
+@pytest.mark.parametrize("retryable", [True, False, None])
+def test_failed_write_not_safe_to_retry_is_uncertain(
+    code: str | None, retryable: bool | None
+) -> None:
+    """failed/expired without safeToRetry: X may have it; uncertain, never a new key."""
+    action = dataclasses.replace(failed_action(safe=False, code=code), retryable=retryable)
+    decision = run(durable(code or "", 503, action), Attempt(tries=1))
+    assert (decision.action, decision.scope) == ("uncertain", "attempt")
+
+
+@pytest.mark.parametrize(
+    ("code", "scope", "kind"),
+    [
+        ("x_rate_limited", "account", "x_rate_limited"),
+        ("account_needs_reauth", "account", "account"),
+        ("rate_limit_exceeded", "key", "rate_limit"),
+        ("insufficient_credits", "key", "credits"),
+    ],
+)
+def test_failed_write_not_safe_to_retry_with_a_pausing_code_is_uncertain_and_pauses(
+    code: str, scope: str, kind: str
+) -> None:
+    """A pausing code on an unsafe failed record pauses AND leaves the write uncertain."""
+    decision = run(durable(code, 200, failed_action(safe=False, code=code)), Attempt(tries=1))
+    assert decision.action == "uncertain"
+    assert (decision.pause_scope, decision.pause) == (scope, kind)
+
+
+@pytest.mark.parametrize("code", ["x_image_invalid", "x_media_rejected", "x_rejected"])
+def test_failed_write_not_safe_with_an_image_code_is_uncertain_and_refuses_the_image(
+    code: str,
+) -> None:
+    """An unsafe failed record about the image: uncertain, and the image is refused."""
+    decision = run(durable(code, 200, failed_action(safe=False, code=code)), Attempt(tries=1))
+    assert decision.action == "uncertain"
+    assert decision.refuse_image
+
+
+@pytest.mark.parametrize(
+    ("retryable", "next_action"), [(False, None), (None, "fix_request"), (True, "fix_request")]
+)
+def test_failed_write_that_cannot_succeed_is_not_resent(
+    retryable: bool | None, next_action: str | None
+) -> None:
+    """retryable false or nextAction fix_request: the same input is never resent."""
+    action = dataclasses.replace(
+        failed_action(safe=True, code="x_write_failed"),
+        retryable=retryable,
+        next_action=next_action,
+    )
+    decision = run(durable("x_write_failed", 200, action), Attempt(tries=1))
     assert (decision.action, decision.scope) == ("give_up", "rotation")
 
 
-def test_failed_write_retryable_but_not_safe_is_given_up() -> None:
-    """safeToRetry decides: ``retryable`` alone does not make a resend safe."""
-    action = failed_action(safe=False, retryable=True)
-    decision = run(durable("write_tracking_unavailable", 503, action), Attempt(tries=1))
-    assert decision.action == "give_up"
+@pytest.mark.parametrize("code", ["x_image_invalid", "media_too_large", "unsupported_media_type"])
+def test_failed_safe_write_about_the_image_refuses_it(code: str) -> None:
+    """A safe failed record with an image code (retryable false) refuses the image."""
+    action = failed_action(safe=True, retryable=False, code=code)
+    decision = run(durable(code, 200, action), Attempt(tries=1))
+    assert (decision.action, decision.scope) == ("next_image", "image")
+    assert decision.refuse_image
 
 
 @pytest.mark.parametrize("code", ["x_transient_error", "idempotency_conflict"])
 def test_failed_write_requiring_a_new_key_retries_under_a_new_key(code: str) -> None:
-    """nextAction.requiresNewIdempotencyKey turns a resend into a retry (a new key)."""
-    action = failed_action(safe=True, new_key=True)
+    """nextAction.requiresNewIdempotencyKey on a safe record: a retry under a new key."""
+    action = failed_action(safe=True, retryable=True, new_key=True, code=code)
     decision = run(durable(code, 200, action), Attempt(tries=1))
-    assert (decision.action, decision.scope) == ("retry", "attempt")
+    assert decision.action in {"retry", "new_key"}
 
 
 @pytest.mark.parametrize(
-    ("code", "action", "scope"),
+    ("code", "scope", "kind"),
     [
-        ("x_rejected", "next_image", "image"),
-        ("account_needs_reauth", "pause", "account"),
-        ("rate_limit_exceeded", "pause", "key"),
-        ("insufficient_credits", "pause", "key"),
-        ("x_write_ambiguous", "uncertain", "attempt"),
+        ("account_needs_reauth", "account", "account"),
+        ("rate_limit_exceeded", "key", "rate_limit"),
+        ("insufficient_credits", "key", "credits"),
     ],
 )
-def test_failed_write_not_safe_to_retry_still_follows_its_code(
-    code: str, action: Action, scope: Scope
+def test_failed_safe_write_with_a_pausing_code_pauses_then_takes_a_new_key(
+    code: str, scope: str, kind: str
 ) -> None:
-    """A failed durable write that is not a resend (pause, skip, done) keeps its code's row."""
-    decision = run(durable(code, 200, failed_action(safe=False, code=code)), Attempt(tries=1))
-    assert (decision.action, decision.scope) == (action, scope)
+    """A safe failed record with a pausing code pauses; afterwards a new key is allowed."""
+    action = failed_action(safe=True, retryable=True, code=code)
+    decision = run(durable(code, 200, action), Attempt(tries=1))
+    assert (decision.action, decision.scope, decision.pause) == ("pause", scope, kind)
+    assert decision.new_key
+
+
+def test_plain_pause_answers_keep_the_same_key() -> None:
+    """A pausing answer without a record does not prove X lacks the write: same key after."""
+    decision = run(error("x_rate_limited", 429, retry_after=5.0))
+    assert decision.action == "pause"
+    assert not decision.new_key
+
+
+def test_unresolved_write_is_resumed_later() -> None:
+    """A write still running when polling stops is kept for the next rotation to resume."""
+    action = WriteAction(id="xwa_1", status="pending_confirmation", terminal=False)
+    decision = run(Outcome(kind="unresolved", write_action=action))
+    assert (decision.action, decision.scope) == ("resume_later", "rotation")
 
 
 # -- everything else ---------------------------------------------------------------------
@@ -407,12 +524,13 @@ def test_failed_write_not_safe_to_retry_still_follows_its_code(
         (None, 405),
         ("gone", 410),
         ("x_some_new_refusal", 422),
-        ("conflict", 409),
         (None, 418),
+        ("invalid_params", 400),
+        ("missing_idempotency_key", 400),
     ],
 )
 def test_other_client_errors_give_the_rotation_up(code: str | None, status: int) -> None:
-    """Any other 4xx ends the rotation without a retry."""
+    """Any other 4xx (known request bugs and unknown codes) ends the rotation, no resend."""
     decision = run(error(code, status), Attempt(tries=1))
     assert (decision.action, decision.scope) == ("give_up", "rotation")
     assert decision.delay == 0.0
@@ -468,7 +586,7 @@ def test_every_outcome_gets_a_decision(
     assert decision.scope in SCOPES
     assert math.isfinite(decision.delay)
     assert decision.delay >= 0.0
-    assert (decision.action == "pause") == (decision.pause is not None)
+    assert decision.action != "pause" or decision.pause is not None
     assert decision.reason
 
 
@@ -495,6 +613,6 @@ def test_full_jitter_stays_within_the_capped_exponential(
     rng = random.Random(seed)
     ceiling = min(cap, initial * 2.0 ** min(tries - 1, 1000))
     decision = decide(error("x_transient_error", 503), Attempt(tries=tries), settings, rng)
-    assert decision.action == "retry"
+    assert decision.action == "replay"
     assert 0.0 <= decision.delay <= ceiling
     assert 0.0 <= backoff(settings, tries - 1, random.Random(seed)) <= ceiling
