@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from contract import contract_problems
 from fake_xquik import FakeXquik
 from hypothesis import settings
 
@@ -20,3 +21,5 @@ def fake_xquik() -> Iterator[FakeXquik]:
         yield server
     # Crashes inside the fake's handler would otherwise only show as odd client outcomes.
     assert server.errors == [], f"the fake Xquik server failed: {server.errors!r}"
+    # Every answer the fake made must parse with the official SDK's models.
+    assert contract_problems(server.own_answers) == []

@@ -1,7 +1,8 @@
 """A fake Xquik API speaking real HTTP/1.1 (keep-alive) on 127.0.0.1, for tests.
 
-It validates avatar writes like the real API, answers both success shapes (legacy
-``{"success": true}`` and durable ``x_write_action`` records), serves the free reads,
+It validates avatar writes like the real API, answers with durable ``x_write_action``
+records shaped as the official SDK's models define them (or, with ``legacy``, the old
+``{"success": true}``), serves the free reads,
 and plays scripted answers (any status or body, drops, delays, pending write actions)
 in order before its default behaviour. Every request is recorded with its arrival
 time and the answer sent. It runs in a background thread, so a test can drive it
@@ -12,6 +13,8 @@ directly and a daemon in another process can talk to it over real sockets::
         ...  # point the client at server.base_url with server.api_key
         server.wait_for_writes(2)
 
+Every answer the fake makes itself (not the raw answers a test scripts) is kept in
+``own_answers``, so tests can check it against the SDK's models (tests/contract.py).
 Nothing it prints or reprs contains the API key.
 """
 
@@ -193,10 +196,14 @@ class Reply:
     safe_to_retry: bool = False
     retryable: bool = False
     requires_new_key: bool = False  # nextAction.requiresNewIdempotencyKey
+    next_action: str | None = None  # nextAction.type of the terminal record (poll: running)
+    after_ms: int | None = None  # nextAction.afterMs
+    expires_in: float | None = None  # expiresAt this many seconds after the write; None: absent
     retry_after: str | None = "1"  # Retry-After on the 202 and on non-terminal polls
     poll_after_ms: int | None = None  # pollAfterMs in the records, if set
     send_location: bool = True  # False: no Location header (the client must use statusUrl)
     send_status_url: bool = True  # False: no statusUrl in the record (the client uses the id)
+    charged: bool = True  # a successful write is charged (billing.charged)
 
 
 @dataclasses.dataclass
@@ -229,6 +236,11 @@ class _Action:
     poll_after_ms: int | None = None
     send_status_url: bool = True
     charged: bool = False
+    charge_on_success: bool = True
+    next_action: str | None = None
+    after_ms: int | None = None
+    expires_at: str | None = None
+    request_hash: str = ""
 
 
 @dataclasses.dataclass
@@ -240,6 +252,7 @@ class _Answer:
     delay: float = 0.0
     applied: bool = False
     replayed: bool = False
+    own: bool = True  # made by the fake itself (not a test's raw scripted answer)
 
 
 class FakeXquik:
@@ -256,6 +269,7 @@ class FakeXquik:
         enforce_credits: bool = False,
         rate_limit: tuple[int, float] | None = None,
         plan: str = "active",
+        legacy: bool = False,
     ) -> None:
         self.api_key = api_key or "xq_" + secrets.token_hex(32)
         self.durable = durable  # Idempotency-Key required; answers are write-action records
@@ -264,6 +278,9 @@ class FakeXquik:
         self.enforce_credits = enforce_credits
         self.rate_limit = rate_limit  # (writes, window seconds), fixed window from first arrival
         self.plan = plan
+        self.legacy = legacy  # success answers are the old {"success": true}, not records
+        # (method, path, status, parsed JSON body) of every answer the fake made itself
+        self.own_answers: list[tuple[str, str, int, Any]] = []
         self.errors: list[BaseException] = []  # unexpected exceptions inside the handler
         self._lock = threading.Condition()
         self._accounts = {
@@ -467,6 +484,10 @@ class FakeXquik:
 
     def _finish(self, seq: int, answer: _Answer) -> None:
         with self._lock:
+            if answer.own and not answer.drop and seq < len(self._requests):
+                request = self._requests[seq]
+                body = json.loads(answer.body) if answer.body else None
+                self.own_answers.append((request.method, request.path, answer.status, body))
             response = None
             if not answer.drop:
                 response = SentResponse(
@@ -508,7 +529,7 @@ class FakeXquik:
             if read is not None:
                 return _json(200, read())
         if request.path == AVATAR_PATH:
-            return _json(405, {"error": "method_not_allowed", "message": "Use PATCH"})
+            return _json(405, {"error": "not_found", "message": "Use PATCH"})
         return _json(404, {"error": "not_found", "message": f"No route {request.path}"})
 
     def _credits_body(self) -> dict[str, Any]:
@@ -517,17 +538,41 @@ class FakeXquik:
             "lifetime_purchased": str(self.balance + 1000),
             "lifetime_used": "1000",
             "auto_topup_enabled": False,
+            "auto_topup_stopped": False,
+            "auto_topup_amount_dollars": 0.0,
+            "auto_topup_threshold": "10000",
         }
 
     def _account_body(self) -> dict[str, Any]:
         first = next(iter(self._accounts.values()), None)
         return {
             "plan": self.plan,
-            "creditInfo": {"balance": str(self.balance)},
+            "monitorsAllowed": 0,
+            "monitorsUsed": 0,
+            "monitorBilling": {
+                "activeDailyEstimate": "0",
+                "activeHourlyBurn": "0",
+                "creditsPerActiveMonitorDay": "720",
+                "creditsPerActiveMonitorHour": "30",
+                "eventsIncluded": True,
+                "instantCheckIntervalSeconds": 1,
+                "unlimitedSlots": True,
+            },
+            "subscription": {"status": "active" if self.plan == "active" else "none"},
+            "creditInfo": {
+                "balance": str(self.balance),
+                "lifetimePurchased": str(self.balance + 1000),
+                "lifetimeUsed": "1000",
+                "autoTopupEnabled": False,
+                "autoTopupStopped": False,
+                "autoTopupAmountDollars": 0.0,
+                "autoTopupThreshold": "10000",
+            },
             "xUsername": first.username if first else None,
         }
 
     def _accounts_body(self) -> dict[str, Any]:
+        connected = "2026-01-01T00:00:00.000Z"
         return {
             "accounts": [
                 {
@@ -536,6 +581,8 @@ class FakeXquik:
                     "xUserId": a.x_user_id,
                     "status": a.status,
                     "health": a.health,
+                    "createdAt": connected,
+                    "updatedAt": connected,
                 }
                 for a in self._accounts.values()
             ]
@@ -662,7 +709,7 @@ class FakeXquik:
             )
         self._apply(record.username, avatar)
         key = request.idempotency_key
-        if self.durable:
+        if not self.legacy:
             action = self._new_action(request, record.username, fingerprint, avatar)
             action.status, action.terminal, action.charged = "success", True, True
             answer = self._action_answer(action, first=True)
@@ -670,6 +717,7 @@ class FakeXquik:
                 self._idempotency[key] = (fingerprint, action.id)
         else:
             answer = _json(200, {"success": True})
+            answer.own = False  # the old shape the SDK no longer describes
             if key is not None:
                 self._idempotency[key] = (fingerprint, answer)
         answer.applied = True
@@ -693,12 +741,19 @@ class FakeXquik:
         action.retry_after = reply.retry_after
         action.poll_after_ms = reply.poll_after_ms
         action.send_status_url = reply.send_status_url
+        action.charge_on_success = reply.charged
+        action.next_action = reply.next_action
+        action.after_ms = reply.after_ms
+        if reply.expires_in is not None:
+            action.expires_at = _iso(time.time() + reply.expires_in)
         if request.idempotency_key is not None:
             self._idempotency[request.idempotency_key] = (fingerprint, action.id)
         answer = self._action_answer(action, first=True)
         if not reply.send_location:
             answer.headers.pop("Location", None)
         answer.headers.update(reply.headers)
+        # Knobs outside the contract, for tests of lenient parsing.
+        answer.own = reply.send_status_url and not isinstance(reply.final_error, dict)
         answer.delay = reply.delay
         return answer
 
@@ -713,6 +768,7 @@ class FakeXquik:
             terminal=False,
             avatar=avatar,
             request_seq=request.seq,
+            request_hash=hashlib.sha256(fingerprint.encode()).hexdigest(),
         )
         self._actions[action.id] = action
         return action
@@ -744,33 +800,55 @@ class FakeXquik:
                 action.status, action.terminal = action.final_status, True
                 if action.final_status == "success":
                     self._apply(action.account, action.avatar)
-                    action.charged = True
+                    action.charged = action.charge_on_success
                     self._mark_applied(action.request_seq)
-        return self._action_answer(action, first=False)
+        answer = self._action_answer(action, first=False)
+        answer.own = action.send_status_url and not isinstance(action.final_error, dict)
+        return answer
 
     def _action_answer(self, action: _Action, *, first: bool) -> _Answer:
+        """Return the write record as the SDK's ``ProfileUpdateAvatarResponse`` shapes it."""
         status_url = f"{WRITE_ACTIONS_PATH}{action.id}"
         failed = action.terminal and action.status != "success"
+        credits = str(self.credits_per_call if action.charged else 0)
+        if action.charged:
+            billing_status = "charged"
+        else:
+            billing_status = "not_charged" if action.terminal else "pending"
+        next_action: dict[str, Any] | None = None
+        if not action.terminal:
+            next_action = {"type": "poll", "afterMs": action.after_ms, "url": status_url}
+        elif failed and (action.next_action or action.requires_new_key or action.after_ms):
+            next_action = {
+                "type": action.next_action or "retry",
+                "afterMs": action.after_ms,
+                "requiresNewIdempotencyKey": action.requires_new_key,
+            }
+        error = action.final_error if failed else None
         record: dict[str, Any] = {
             "object": "x_write_action",
             "id": action.id,
+            "writeActionId": action.id,
             "action": "update_avatar",
+            "account": {"id": action.account, "username": action.account},
             "status": action.status,
             "terminal": action.terminal,
+            "success": action.terminal and not failed,
             "retryable": action.retryable if failed else False,
             "safeToRetry": action.safe_to_retry if failed else False,
+            "sendDispatched": action.status not in {"accepted"},
+            "charged": action.charged,
+            "chargedCredits": credits,
             "billing": {
-                "status": "charged"
-                if action.charged
-                else "pending"
-                if not action.terminal
-                else "not_charged",
-                "chargedCredits": str(self.credits_per_call if action.charged else 0),
+                "charged": action.charged,
+                "chargedCredits": credits,
+                "plannedCredits": str(self.credits_per_call),
+                "status": billing_status,
             },
-            "error": action.final_error if failed else None,
-            "nextAction": {"type": "retry", "requiresNewIdempotencyKey": True}
-            if failed and action.requires_new_key
-            else None,
+            "request": {"hash": action.request_hash, "payload": {"account": action.account}},
+            "error": error,
+            "nextAction": next_action,
+            "expiresAt": action.expires_at,
         }
         if action.send_status_url:
             record["statusUrl"] = status_url
@@ -783,6 +861,11 @@ class FakeXquik:
                 headers["Retry-After"] = action.retry_after
         status = 202 if first and not action.terminal else 200
         return _json(status, record, headers)
+
+
+def _iso(epoch: float) -> str:
+    """Return epoch seconds as an ISO 8601 UTC time, as the API writes times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> _Answer:
@@ -804,6 +887,7 @@ def _scripted(reply: Reply) -> _Answer:
         headers = dict(reply.headers)
         headers.setdefault("Content-Type", reply.content_type or "application/octet-stream")
         answer = _Answer(reply.status or 200, reply.body or b"", headers)
+    answer.own = False
     if reply.content_type is not None:
         answer.headers["Content-Type"] = reply.content_type
     answer.drop = reply.drop
