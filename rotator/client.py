@@ -130,7 +130,8 @@ class XquikClient:
         self._max_poll_time = max_poll_time
         self._sleep = sleep
         self._clock = clock
-        headers = {"User-Agent": user_agent}
+        # Accept as the official SDK sends it: the API answers JSON.
+        headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if api_key is not None:
             headers["x-api-key"] = api_key
         # Retries happen at one layer only, ours: the transport never resends.
