@@ -1,0 +1,460 @@
+"""One rotation in-process, one test per decision of the write policy.
+
+Each test drives ``Rotator.rotate`` with a real ``StateStore`` (SQLite in a temp dir),
+a real catalog of real image files, the real HTTP client against the fake Xquik
+server (whose answers parse with the official SDK's models), an injected clock and
+sleep (nothing waits for real), and structlog's ``capture_logs``. What is checked is
+what reached the server (keys, bytes, counts), what the state keeps, and what was
+logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_xquik import FakeXquik, RecordedRequest, Reply
+from PIL import Image
+from structlog.testing import capture_logs
+
+from rotator.catalog import Catalog, MemoryValidationCache
+from rotator.client import XquikClient
+from rotator.config import AccountEntry, ApiSection
+from rotator.images import FitSettings
+from rotator.logs import emit
+from rotator.pacer import WritePacer
+from rotator.pauses import PauseBoard
+from rotator.policy import PolicySettings
+from rotator.rotation import RotationResult, Rotator
+from rotator.state import StateStore
+
+ACCOUNT = "alice"
+START = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+POLICY = PolicySettings(retry_initial=0.5, retry_max=8.0, attempts=4)
+
+
+def _png(seed: int) -> bytes:
+    image = Image.new("RGB", (32, 32), ((seed * 53) % 256, (seed * 97) % 256, seed % 256))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class Sleeps:
+    """An injected sleep: records what was asked, waits for nothing."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
+
+
+@dataclasses.dataclass
+class Rig:
+    """The parts of one rotation, on disk and on a socket."""
+
+    tmp: Path
+    fake: FakeXquik
+    folder: Path
+    images: dict[str, bytes]
+    sleeps: Sleeps = dataclasses.field(default_factory=Sleeps)
+    max_poll_time: float = 30.0
+    credits_per_call: int = 10
+    logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def entry(self) -> AccountEntry:
+        """Return the entry: the account, its folder, sequential order."""
+        return AccountEntry(account=ACCOUNT, folder=self.folder, schedule="every 1h")
+
+    def rotate(self, **kwargs: Any) -> RotationResult:
+        """Run one rotation as a fresh daemon would (a new store, client and rotator)."""
+
+        async def go() -> RotationResult:
+            with StateStore.open(self.tmp / "state") as state:
+                pauses = PauseBoard(state, POLICY, clock=lambda: START)
+                pauses.restore()
+                catalog = Catalog(self.folder, FitSettings(), MemoryValidationCache(), emit)
+                catalog.apply_scan(await asyncio.to_thread(catalog.scan))
+                async with XquikClient(
+                    self.fake.base_url,
+                    self.fake.api_key,
+                    timeout=5.0,
+                    sleep=self.sleeps,
+                    max_poll_time=self.max_poll_time,
+                ) as client:
+                    rotator = Rotator(
+                        state=state,
+                        client=client,
+                        pacer=WritePacer(100, 60.0, 4),
+                        pauses=pauses,
+                        policy=POLICY,
+                        api=ApiSection(),
+                        fitted_dir=self.tmp / "fitted",
+                        rng=random.Random(5),
+                        clock=lambda: START,
+                        sleep=self.sleeps,
+                        credits_per_call=self.credits_per_call,
+                    )
+                    try:
+                        return await rotator.rotate(
+                            self.entry, catalog, wait_for_pauses=False, **kwargs
+                        )
+                    finally:
+                        await pauses.close()
+
+        with capture_logs() as captured:
+            result = asyncio.run(go())
+        self.logs.extend(captured)
+        return result
+
+    def state(self) -> StateStore:
+        """Open the state read-only, as ``rotator status`` does."""
+        return StateStore.open(self.tmp / "state", readonly=True)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Return the captured log events called ``name``."""
+        return [event for event in self.logs if event["event"] == name]
+
+    def sent_image(self, write: RecordedRequest) -> str:
+        """Return the name of the image a write carried."""
+        assert write.file is not None
+        return next(name for name, data in self.images.items() if data == write.file.data)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, fake_xquik: FakeXquik) -> Rig:
+    """Yield a rig: three PNGs (1.png, 2.png, 3.png) for alice and a durable fake."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    images = {}
+    for n in (1, 2, 3):
+        images[f"{n}.png"] = _png(n)
+        (folder / f"{n}.png").write_bytes(images[f"{n}.png"])
+    fake_xquik.durable = True
+    return Rig(tmp=tmp_path, fake=fake_xquik, folder=folder, images=images)
+
+
+def _error(status: int, code: str | None, **headers: str) -> Reply:
+    body = {"error": code, "message": f"{code} happened"} if code else {"message": "oops"}
+    return Reply(status=status, json=body, headers=headers)
+
+
+def _keys(rig: Rig) -> list[str | None]:
+    return [write.idempotency_key for write in rig.fake.writes()]
+
+
+# -- success and credits ---------------------------------------------------------------
+
+
+def test_success_moves_on_and_counts_the_credits_the_record_charged(rig: Rig) -> None:
+    """A success moves the position, clears the ledger, and history names action and credits."""
+    result = rig.rotate()
+    assert (result.kind, result.image) == ("uploaded", "1.png")
+    with rig.state() as state:
+        assert state.pending_write(rig.entry.entry_id) is None
+        (row,) = state.history()
+        assert state.entry(rig.entry.entry_id).last_image == "1.png"
+    (write,) = rig.fake.writes()
+    assert write.response is not None
+    assert row.action_id == write.response.json["id"]
+    assert row.credits == 10
+    assert rig.events("avatar.uploaded")[0]["credits"] == 10
+
+
+def test_an_uncharged_success_counts_no_credits(rig: Rig) -> None:
+    """billing.charged false: the write cost nothing, whatever credits_per_call says."""
+    rig.fake.script(Reply(durable_pending=True, polls_until_terminal=0, charged=False))
+    assert rig.rotate().kind == "uploaded"
+    with rig.state() as state:
+        assert state.history()[0].credits == 0
+    assert rig.events("avatar.uploaded")[0]["credits"] == 0
+
+
+# -- same key: 5xx, drops, 409 in progress ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(_error(500, "internal_error"), id="internal_error"),
+        pytest.param(_error(503, "write_tracking_unavailable"), id="write_tracking_unavailable"),
+        pytest.param(
+            Reply(
+                status=502,
+                body=b"<html><title>Bad Gateway</title></html>",
+                content_type="text/html",
+            ),
+            id="proxy-html-502",
+        ),
+        pytest.param(_error(408, None), id="408"),
+        pytest.param(Reply(drop=True, apply=True), id="dropped-after-applying"),
+    ],
+)
+def test_a_5xx_or_a_drop_replays_the_same_key(rig: Rig, reply: Reply) -> None:
+    """No terminal record: the same image goes again under the SAME key, and lands once."""
+    rig.fake.script(reply)
+    result = rig.rotate()
+    assert result.kind == "uploaded"
+    keys = _keys(rig)
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    assert len(rig.fake.applied_writes()) == 1
+    assert [rig.sent_image(write) for write in rig.fake.writes()] == ["1.png", "1.png"]
+
+
+def test_x_should_retry_false_is_obeyed_and_the_write_is_uncertain(rig: Rig) -> None:
+    """A 500 with x-should-retry: false is not resent at all; it may have happened."""
+    rig.fake.script(_error(500, "internal_error", **{"x-should-retry": "false"}))
+    assert rig.rotate().kind == "uncertain"
+    assert len(rig.fake.writes()) == 1
+    # The next rotation does not send that image again: it moves on, under a new key.
+    assert rig.rotate().image == "2.png"
+    writes = rig.fake.writes()
+    assert [rig.sent_image(write) for write in writes] == ["1.png", "2.png"]
+    assert writes[0].idempotency_key != writes[1].idempotency_key
+
+
+def test_idempotency_in_progress_waits_then_replays_the_same_key(rig: Rig) -> None:
+    """409 idempotency_in_progress: wait what was asked (the largest wait), same key again."""
+    rig.fake.script(
+        Reply(
+            status=409,
+            json={"error": "idempotency_in_progress", "message": "running", "retryAfterMs": 2500},
+            headers={"Retry-After": "1", "retry-after-ms": "1200"},
+        )
+    )
+    assert rig.rotate().kind == "uploaded"
+    keys = _keys(rig)
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    assert rig.sleeps.delays
+    assert rig.sleeps.delays[0] >= 2.5
+
+
+def test_out_of_tries_the_write_is_kept_and_replayed_first_next_time(rig: Rig) -> None:
+    """Four 5xx in a row: the rotation ends, the ledger keeps the key, the next replays it."""
+    rig.fake.script(*[_error(503, "x_transient_error") for _ in range(4)])
+    result = rig.rotate()
+    assert result.kind == "skipped"
+    with rig.state() as state:
+        pending = state.pending_write(rig.entry.entry_id)
+    assert pending is not None
+    assert rig.rotate().kind == "uploaded"
+    keys = _keys(rig)
+    assert len(keys) == 5
+    assert set(keys) == {pending.idempotency_key}
+
+
+# -- polling until terminal or expiresAt; resuming after a restart -------------------------
+
+
+def test_a_running_write_is_polled_past_the_cap_until_its_expires_at(rig: Rig) -> None:
+    """With expiresAt an hour away, polling goes on past max_poll_time to the terminal record."""
+    rig.max_poll_time = 2.0
+    rig.fake.script(
+        Reply(durable_pending=True, polls_until_terminal=6, retry_after="1", expires_in=3600)
+    )
+    assert rig.rotate().kind == "uploaded"
+    assert len(rig.fake.writes()) == 1
+    assert len(rig.fake.polls()) == 7
+
+
+def test_a_write_still_running_at_the_cap_is_resumed_by_the_next_rotation(rig: Rig) -> None:
+    """No expiresAt: polling stops at the cap, the ledger keeps the action id, and the next
+    rotation (a restarted daemon) polls that write before it sends anything."""
+    rig.max_poll_time = 2.0
+    rig.fake.script(Reply(durable_pending=True, polls_until_terminal=4, retry_after="1"))
+    first = rig.rotate()
+    assert first.kind == "skipped"
+    with rig.state() as state:
+        pending = state.pending_write(rig.entry.entry_id)
+        assert state.entry(rig.entry.entry_id).last_image is None
+    assert pending is not None
+    (write,) = rig.fake.writes()
+    assert write.response is not None
+    assert pending.action_id == write.response.json["id"]
+    assert pending.status_url is not None
+    assert pending.last_status == "pending_confirmation"
+    second = rig.rotate()
+    assert (second.kind, second.image) == ("uploaded", "1.png")
+    assert len(rig.fake.writes()) == 1  # nothing new was sent
+    assert rig.events("write.resumed")
+    with rig.state() as state:
+        assert state.pending_write(rig.entry.entry_id) is None
+        assert state.entry(rig.entry.entry_id).last_image == "1.png"
+
+
+def test_a_write_unresolved_past_its_expires_at_is_uncertain(rig: Rig) -> None:
+    """Still running after expiresAt: uncertain, with the action id kept in history."""
+    rig.fake.script(
+        Reply(durable_pending=True, polls_until_terminal=100, retry_after="1", expires_in=3)
+    )
+    assert rig.rotate().kind == "uncertain"
+    with rig.state() as state:
+        row = state.history()[0]
+    assert row.outcome == "uncertain"
+    assert row.action_id is not None
+    assert row.action_id.startswith("xwa_")
+
+
+# -- terminal failed/expired records -----------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["x_write_failed", "x_rate_limited", "insufficient_credits"])
+def test_failed_not_safe_to_retry_is_uncertain_and_never_sent_again_blindly(
+    rig: Rig, code: str
+) -> None:
+    """failed + safeToRetry false: uncertain, position moves on, the image is not resent
+    under a new key by the next rotation; status and history show it with the action id."""
+    rig.fake.script(
+        Reply(
+            durable_pending=True,
+            polls_until_terminal=0,
+            final_status="failed",
+            final_error=code,
+            safe_to_retry=False,
+        )
+    )
+    assert rig.rotate().kind == "uncertain"
+    with rig.state() as state:
+        entry = state.entry(rig.entry.entry_id)
+        row = state.history()[0]
+        assert state.pending_write(rig.entry.entry_id) is None
+    assert entry.uncertain
+    assert entry.last_image == "1.png"
+    (write,) = rig.fake.writes()
+    assert write.response is not None
+    assert row.action_id == write.response.json["id"]
+    assert rig.events("avatar.uncertain")[0]["action_id"] == row.action_id
+    if code != "x_write_failed":
+        return  # the pause holds the next write; the pause test covers what follows
+    second = rig.rotate()
+    assert second.image == "2.png"
+    assert [rig.sent_image(w) for w in rig.fake.writes()] == ["1.png", "2.png"]
+
+
+def test_an_uncertain_only_image_is_not_sent_again(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """With one image only, the next rotation sends nothing rather than resend it blindly."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "only.png").write_bytes(_png(9))
+    rig = Rig(tmp=tmp_path, fake=fake_xquik, folder=folder, images={"only.png": _png(9)})
+    fake_xquik.script(Reply(durable_pending=True, polls_until_terminal=0, final_status="expired"))
+    assert rig.rotate().kind == "uncertain"
+    assert rig.rotate().kind == "skipped"
+    assert len(fake_xquik.writes()) == 1
+
+
+def test_expired_safe_to_retry_is_retried_now_under_a_new_key(rig: Rig) -> None:
+    """expired + safeToRetry + nextAction retry: the same image again, a new key, after afterMs."""
+    rig.fake.script(
+        Reply(
+            durable_pending=True,
+            polls_until_terminal=0,
+            final_status="expired",
+            safe_to_retry=True,
+            retryable=True,
+            requires_new_key=True,
+            next_action="retry",
+            after_ms=30000,
+        )
+    )
+    assert rig.rotate().kind == "uploaded"
+    writes = rig.fake.writes()
+    assert [rig.sent_image(w) for w in writes] == ["1.png", "1.png"]
+    assert writes[0].idempotency_key != writes[1].idempotency_key
+    assert max(rig.sleeps.delays) >= 30.0  # nextAction.afterMs is honoured
+
+
+@pytest.mark.parametrize(("retryable", "next_action"), [(False, None), (True, "fix_request")])
+def test_a_write_that_cannot_succeed_is_not_resent(
+    rig: Rig, retryable: bool, next_action: str | None
+) -> None:
+    """retryable false or nextAction fix_request: given up, the same input is not resent."""
+    rig.fake.script(
+        Reply(
+            durable_pending=True,
+            polls_until_terminal=0,
+            final_status="failed",
+            final_error="x_write_failed",
+            safe_to_retry=True,
+            retryable=retryable,
+            next_action=next_action,
+        )
+    )
+    assert rig.rotate().kind == "skipped"
+    assert len(rig.fake.writes()) == 1
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["x_image_invalid", "media_too_large", "unsupported_media_type"])
+def test_an_image_code_refuses_the_image_until_its_file_changes(rig: Rig, code: str) -> None:
+    """An image code refuses the image: the next one goes now, and later rotations skip it."""
+    rig.fake.script(_error(422, code))
+    assert rig.rotate().image == "2.png"
+    assert rig.rotate().image == "3.png"
+    assert rig.rotate().image == "2.png"  # 1.png stays refused
+    with rig.state() as state:
+        assert state.refused_images() == [("1.png", code)]
+
+
+def test_an_unsafe_failed_record_about_the_image_is_uncertain_and_refused(rig: Rig) -> None:
+    """x_media_rejected on a record not safe to retry: uncertain, and the image refused."""
+    rig.fake.script(
+        Reply(
+            durable_pending=True,
+            polls_until_terminal=0,
+            final_status="failed",
+            final_error="x_media_rejected",
+        )
+    )
+    assert rig.rotate().kind == "uncertain"
+    with rig.state() as state:
+        assert state.refused_images() == [("1.png", "x_media_rejected")]
+
+
+# -- keys and pauses ---------------------------------------------------------------------
+
+
+def test_idempotency_conflict_takes_a_new_key_for_the_same_image(rig: Rig) -> None:
+    """idempotency_key_conflict: nothing was done; the same image under a new key."""
+    rig.fake.script(_error(409, "idempotency_key_conflict"))
+    assert rig.rotate().kind == "uploaded"
+    keys = _keys(rig)
+    assert len(keys) == 2
+    assert keys[0] != keys[1]
+
+
+def test_a_rate_limit_pause_keeps_the_write_and_replays_its_key_after(rig: Rig) -> None:
+    """A 429 pauses the key; the write stays in the ledger and goes again under its key."""
+    rig.fake.script(_error(429, "rate_limit_exceeded", **{"Retry-After": "30"}))
+    assert rig.rotate().kind == "paused"
+    with rig.state() as state:
+        pending = state.pending_write(rig.entry.entry_id)
+        (pause,) = state.pauses()
+    assert pending is not None
+    with StateStore.open(rig.tmp / "state") as state:
+        state.clear_pause(scope=pause.scope, account=pause.account)
+    assert rig.rotate().kind == "uploaded"
+    keys = _keys(rig)
+    assert keys == [pending.idempotency_key, pending.idempotency_key]
+
+
+def test_a_topup_in_progress_pauses_every_write(rig: Rig) -> None:
+    """topup_in_progress (402) is billing: the key pauses for pause.credits."""
+    rig.fake.script(_error(402, "topup_in_progress"))
+    assert rig.rotate().kind == "paused"
+    with rig.state() as state:
+        (pause,) = state.pauses()
+    assert (pause.scope, pause.reason.split(":")[0]) == ("key", "credits")
