@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -23,6 +25,7 @@ from rotator.state import (
     SCHEMA_VERSION,
     PauseScope,
     StateStore,
+    WriteRecord,
     read_heartbeat,
     write_heartbeat,
 )
@@ -756,3 +759,123 @@ def test_heartbeat_in_missing_dir_is_a_state_error(tmp_path: Path) -> None:
     """Writing a heartbeat where the directory is gone raises StateError."""
     with pytest.raises(StateError, match="heartbeat"):
         write_heartbeat(tmp_path / "gone", T0, {})
+
+
+# --- schema 2: the write ledger ---------------------------------------------------------
+
+# The version-1 schema as rotator 0.1.0 wrote it, by hand: the upgrade must keep its rows.
+V1_SCHEMA = [
+    """CREATE TABLE entries (
+        entry_id TEXT PRIMARY KEY, account TEXT NOT NULL,
+        last_image TEXT, last_image_sha256 TEXT, last_success TEXT,
+        last_attempt TEXT, last_error TEXT,
+        shown_in_cycle TEXT NOT NULL DEFAULT '[]', last_fire TEXT,
+        uncertain INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE pending_writes (
+        entry_id TEXT PRIMARY KEY, account TEXT NOT NULL, image TEXT NOT NULL,
+        sha256 TEXT NOT NULL, source_sha256 TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+        rotation_id TEXT NOT NULL, started TEXT NOT NULL)""",
+    """CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
+        entry_id TEXT NOT NULL, account TEXT NOT NULL, image TEXT, sha256 TEXT,
+        source_sha256 TEXT, outcome TEXT NOT NULL, error_code TEXT, status INTEGER,
+        request_id TEXT, message TEXT NOT NULL, attempt INTEGER NOT NULL,
+        duration_ms INTEGER)""",
+    "CREATE INDEX history_time ON history (time)",
+    "CREATE INDEX history_entry ON history (entry_id, id)",
+    """CREATE TABLE pauses (
+        scope TEXT NOT NULL, account TEXT NOT NULL, reason TEXT NOT NULL,
+        until TEXT NOT NULL, level INTEGER NOT NULL, started TEXT NOT NULL,
+        PRIMARY KEY (scope, account))""",
+    """CREATE TABLE rejected_images (
+        sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, code TEXT NOT NULL,
+        time TEXT NOT NULL)""",
+    """CREATE TABLE validation_cache (
+        path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+        verdict TEXT NOT NULL)""",
+]
+
+
+def _v1_state(state_dir: Path) -> None:
+    state_dir.mkdir()
+    with contextlib.closing(sqlite3.connect(state_dir / "rotator.db")) as conn:
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO pending_writes VALUES "
+            "(?, 'alice', 'a.png', 'b1', 's1', 'rot-k1', 'r1', ?)",
+            (ENTRY, "2026-05-01T10:00:00.000000+00:00"),
+        )
+        conn.execute(
+            """INSERT INTO history (time, entry_id, account, image, outcome, message, attempt)
+               VALUES ('2026-05-01T09:00:00.000000+00:00', ?, 'alice', 'z.png',
+               'success', '', 1)""",
+            (ENTRY,),
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+
+
+def test_a_version_1_state_upgrades_in_place_keeping_its_rows(tmp_path: Path) -> None:
+    """A v1 state opens as schema 2: the pending write and history survive, new fields empty."""
+    _v1_state(tmp_path / "state")
+    with StateStore.open(tmp_path / "state") as store:
+        pending = store.pending_write(ENTRY)
+        (row,) = store.history()
+    assert pending is not None
+    assert (pending.idempotency_key, pending.image, pending.action_id) == ("rot-k1", "a.png", None)
+    assert (pending.status_url, pending.expires_at, pending.last_status) == (None, None, None)
+    assert (row.image, row.action_id, row.credits) == ("z.png", None, None)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "rotator.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_a_write_record_round_trips_whole_and_is_replaced_on_change(tmp_path: Path) -> None:
+    """save_write keeps every field of the record; a changed record replaces it."""
+    record = WriteRecord(
+        entry_id=ENTRY,
+        account="alice",
+        image="a.png",
+        sha256="b1",
+        source_sha256="s1",
+        idempotency_key="rot-k1",
+        rotation_id="r1",
+        started=T0,
+        last_status="sending",
+    )
+    with StateStore.open(tmp_path) as store:
+        store.save_write(record, now=T0)
+        assert store.pending_write(ENTRY) == record
+        later = dataclasses.replace(
+            record,
+            action_id="xwa_1",
+            status_url="/api/v1/x/write-actions/xwa_1",
+            expires_at=T0 + dt.timedelta(hours=1),
+            last_status="pending_confirmation",
+            request_id="req_1",
+        )
+        store.save_write(later, now=T0)
+    with StateStore.open(tmp_path, readonly=True) as store:
+        assert store.pending_write(ENTRY) == later
+
+
+def test_history_keeps_the_action_id_and_credits_of_a_write(tmp_path: Path) -> None:
+    """Success and uncertain rows carry the write action's id and the credits it cost."""
+    with StateStore.open(tmp_path) as store:
+        store.record_uncertain(
+            entry_id=ENTRY,
+            account="alice",
+            image="a.png",
+            sha256="b1",
+            source_sha256="s1",
+            error_code="x_write_failed",
+            status=200,
+            message="failed",
+            request_id="req_1",
+            attempt=1,
+            now=T0,
+            action_id="xwa_9",
+            credits=0,
+        )
+        (row,) = store.history()
+    assert (row.outcome, row.action_id, row.credits) == ("uncertain", "xwa_9", 0)
