@@ -810,3 +810,45 @@ def test_the_key_never_shows(fake_xquik: FakeXquik, caplog: pytest.LogCaptureFix
     assert len(texts) > 10
     for text in texts:
         assert key not in text
+
+
+# -- connection failures say what they are ---------------------------------------------
+
+
+def _write_to(base_url: str) -> Outcome:
+    async def write() -> Outcome:
+        async with XquikClient(base_url, "xq_" + "0" * 64, timeout=3.0) as client:
+            payload = FilePayload(PNG, "a.png", "image/png")
+            return await client.update_avatar("alice", idempotency_key="k", file=payload)
+
+    return asyncio.run(write())
+
+
+def test_a_dns_failure_is_named_as_such_never_as_a_key_problem() -> None:
+    """A host that does not resolve is a DNS failure: not sent, its own message."""
+    outcome = _write_to("http://no-such-host.invalid/api/v1")
+    assert (outcome.kind, outcome.failure) == ("not_sent", "dns_failure")
+    assert "DNS failure" in outcome.message
+    assert "key" not in outcome.message.lower()
+
+
+def test_a_tls_failure_is_named_as_such(fake_xquik: FakeXquik) -> None:
+    """TLS spoken to a plain-HTTP port fails the handshake: a TLS error, not sent."""
+    outcome = _write_to(fake_xquik.base_url.replace("http://", "https://"))
+    assert (outcome.kind, outcome.failure) == ("not_sent", "tls_error")
+    assert "TLS handshake" in outcome.message
+    assert fake_xquik.writes() == []
+
+
+def test_a_late_answer_is_a_read_timeout(fake_xquik: FakeXquik) -> None:
+    """No answer in time after sending: no_answer, named a timeout."""
+    fake_xquik.script(Reply(delay=1.0))
+
+    async def write() -> Outcome:
+        async with XquikClient(fake_xquik.base_url, fake_xquik.api_key, timeout=0.3) as client:
+            payload = FilePayload(PNG, "a.png", "image/png")
+            return await client.update_avatar("alice", idempotency_key="k", file=payload)
+
+    outcome = asyncio.run(write())
+    assert (outcome.kind, outcome.failure) == ("no_answer", "read_timeout")
+    assert "within 0.3 s" in outcome.message

@@ -375,6 +375,7 @@ def test_check_online_all_good(tmp_path: Path, fake_xquik: FakeXquik) -> None:
         pytest.param("wrong-key", "key was not accepted", id="wrong-key"),
         pytest.param("no-plan", "the plan is 'inactive'", id="inactive-plan"),
         pytest.param("no-credits", "credits: 5 is less than one write", id="low-balance"),
+        pytest.param("unreachable", "the API could not be reached", id="api-unreachable"),
     ],
 )
 def test_check_online_problems_exit_1(
@@ -391,12 +392,16 @@ def test_check_online_problems_exit_1(
         fake_xquik.plan = "inactive"
     elif breakage == "no-credits":
         fake_xquik.balance = 5
+    elif breakage == "unreachable":
+        fake_xquik.stop()  # a refused connection says nothing about the key
     else:
         key = "xq_" + "0" * 64
     result = _cli(config, "check", "--online", env=cli_env(key))
     assert result.returncode == 1, result.stdout
     problems = [line.strip() for line in result.stdout.splitlines() if "problem: " in line]
     assert any(problem in line for line in problems), result.stdout
+    if breakage == "unreachable":
+        assert not any("not accepted" in line for line in problems), result.stdout
     assert fake_xquik.writes() == []
     assert key not in result.stdout + result.stderr
 
