@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
@@ -36,7 +36,7 @@ from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
-from rotator.state import StateStore, read_heartbeat
+from rotator.state import StateStore, WriteRecord, read_heartbeat
 from rotator.systemd import SystemdNotifier
 
 
@@ -363,6 +363,33 @@ def _calls_per_day(entry: AccountEntry, now: dt.datetime) -> float:
 # -- status --------------------------------------------------------------------------------
 
 
+def _write_ledger_lines(out: TextIO, item: dict[str, Any]) -> None:
+    """Print what the write ledger says of one entry: an uncertain or a pending write."""
+    if item["uncertain"]:
+        action = f"; write action {item['last_action_id']}" if item["last_action_id"] else ""
+        out.write(
+            f"  last write:    uncertain (the server did not confirm it{action}); "
+            "that image is not sent again blindly\n"
+        )
+    if item["pending_action_id"]:
+        out.write(f"  write pending: {item['pending_action_id']} (resumed before anything new)\n")
+
+
+def _ledger(
+    state: StateStore, settings: Settings, now: dt.datetime, report: dict[str, Any]
+) -> dict[str, WriteRecord | None]:
+    """Return each entry's pending write; put the credits spent in 30 days in ``report``."""
+    report["credits_spent_30d"] = state.credits_spent(since=now - dt.timedelta(days=30))
+    return {entry.entry_id: state.pending_write(entry.entry_id) for entry in settings.accounts}
+
+
+def _pending_action(record: WriteRecord | None) -> str | None:
+    """Return the write action a pending write waits on, or "no answer yet", or None."""
+    if record is None:
+        return None
+    return record.action_id or "no answer yet"
+
+
 def status(args: argparse.Namespace) -> int:
     """Print what the state says of each entry: last success, image, next due, pauses."""
     environ = dict(os.environ)
@@ -384,8 +411,9 @@ def status(args: argparse.Namespace) -> int:
             pauses = [p for p in state.pauses() if p.until > now]
             refused = state.refused_images()
             history = {row.entry_id: row for row in reversed(state.history(limit=500))}
+            pending = _ledger(state, settings, now, report)
     except StateError:
-        rows, pauses, history, refused = {}, [], {}, []
+        rows, pauses, history, refused, pending = {}, [], {}, [], {}
     # Not sent again until the file changes (its content hash with it).
     report["refused_images"] = [{"path": path, "code": code} for path, code in refused]
     for entry in settings.accounts:
@@ -406,6 +434,8 @@ def status(args: argparse.Namespace) -> int:
                 "last_error": row.last_error if row else None,
                 "last_outcome": last.outcome if last else None,
                 "uncertain": bool(row and row.uncertain),
+                "last_action_id": last.action_id if last else None,
+                "pending_action_id": _pending_action(pending.get(entry.entry_id)),
             }
         )
     for pause in pauses:
@@ -431,13 +461,16 @@ def status(args: argparse.Namespace) -> int:
         out.write(f"  next due:      {item['next_due'] or '-'}\n")
         if item["last_error"]:
             out.write(f"  last error:    {item['last_error']}\n")
-        if item["uncertain"]:
-            out.write("  last write:    uncertain (the server did not confirm it)\n")
+        _write_ledger_lines(out, item)
     if report["refused_images"]:
         out.write("\nrefused by the server (not sent again until the file changes):\n")
         for item in report["refused_images"]:
             out.write(f"  {item['path']}  ({item['code']})\n")
-    out.write("\npauses: " + ("none" if not report["pauses"] else "") + "\n")
+    out.write(
+        f"\ncredits spent (30 days): {report.get('credits_spent_30d', 0)}\n\npauses: "
+        + ("none" if not report["pauses"] else "")
+        + "\n"
+    )
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
         out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")

@@ -595,6 +595,13 @@ class StateStore:
             )
         return int(rows[0][0])
 
+    def credits_spent(self, *, since: dt.datetime) -> int:
+        """Return the credits the writes audited at or after ``since`` cost, by their billing."""
+        rows = self._read(
+            "SELECT coalesce(sum(credits), 0) FROM history WHERE time >= ?", (_time_text(since),)
+        )
+        return int(rows[0][0])
+
     def prune_history(self, *, before: dt.datetime) -> int:
         """Delete audit rows older than ``before``; return how many went."""
         with self._write() as conn:

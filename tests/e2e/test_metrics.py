@@ -31,7 +31,9 @@ def _get(url: str) -> tuple[int, str]:
 def test_metrics_count_uploads_credits_images_and_pauses(
     tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
 ) -> None:
-    """/metrics counts uploads and credits by account; gauges show images and pauses."""
+    """/metrics counts uploads, and credits as the write's record charged them (not the
+    configured credits_per_call); gauges show images and pauses."""
+    fake_xquik.credits_per_call = 12  # what the server charges: billing.chargedCredits
     make_image(tmp_path / "a" / "1.png", seed=1)
     make_image(tmp_path / "a" / "2.png", seed=2)
     (tmp_path / "a" / "notes.png").write_text("not an image")
@@ -53,7 +55,7 @@ def test_metrics_count_uploads_credits_images_and_pauses(
         status, text = _get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200
     assert 'rotator_uploads_total{account="alice",outcome="success"} 1.0' in text
-    assert "rotator_credits_spent_total 7.0" in text
+    assert "rotator_credits_spent_total 12.0" in text
     assert 'state="usable"} 2.0' in text
     assert 'state="rejected"} 1.0' in text
     assert 'rotator_pauses_active{scope="key"} 0.0' in text
