@@ -309,9 +309,17 @@ def test_a_write_unresolved_past_its_expires_at_is_uncertain(rig: Rig) -> None:
 # -- terminal failed/expired records -----------------------------------------------------
 
 
-@pytest.mark.parametrize("code", ["x_write_failed", "x_rate_limited", "insufficient_credits"])
+@pytest.mark.parametrize(
+    ("code", "pause"),
+    [
+        ("x_write_failed", None),
+        ("x_rate_limited", ("account", "x_rate_limited")),
+        ("insufficient_credits", ("key", "credits")),
+        ("account_needs_reauth", ("account", "account")),
+    ],
+)
 def test_failed_not_safe_to_retry_is_uncertain_and_never_sent_again_blindly(
-    rig: Rig, code: str
+    rig: Rig, code: str, pause: tuple[str, str] | None
 ) -> None:
     """failed + safeToRetry false: uncertain, position moves on, the image is not resent
     under a new key by the next rotation; status and history show it with the action id."""
@@ -335,7 +343,10 @@ def test_failed_not_safe_to_retry_is_uncertain_and_never_sent_again_blindly(
     assert write.response is not None
     assert row.action_id == write.response.json["id"]
     assert rig.events("avatar.uncertain")[0]["action_id"] == row.action_id
-    if code != "x_write_failed":
+    with rig.state() as state:
+        pauses = [(p.scope, p.reason.split(":")[0]) for p in state.pauses()]
+    assert pauses == ([] if pause is None else [pause])  # a pausing code also pauses
+    if pause is not None:
         return  # the pause holds the next write; the pause test covers what follows
     second = rig.rotate()
     assert second.image == "2.png"

@@ -8,7 +8,6 @@ own arrival records, with generous margins.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import email.utils
 import itertools
@@ -383,7 +382,8 @@ TRANSIENT_REASONS = {
 def test_transient_failures_retry_the_same_image(
     tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
 ) -> None:
-    """Transient codes, any 5xx, HTML or text 5xx: the same image is retried until it lands."""
+    """Transient codes, any 5xx, HTML or text 5xx: the same image under the same key until
+    it lands."""
     for name, reply in TRANSIENT.items():
         fake_xquik.connect_account(name)
         fake_xquik.script(reply, reply, account=name)
@@ -399,9 +399,11 @@ def test_transient_failures_retry_the_same_image(
         assert [_image(w, pictures[name]) for w in writes] == ["1.png"] * 3, name
         failed = [e for e in daemon.named("avatar.failed") if e["account"] == name]
         assert [(e["error"], e["action"], e["attempt"]) for e in failed] == [
-            (reason, "retry", 1),
-            (reason, "retry", 2),
+            (reason, "replay", 1),
+            (reason, "replay", 2),
         ], name
+        # No terminal record: the same key each time, as the official SDK resends.
+        assert len({w.idempotency_key for w in writes}) == 1, name
     assert daemon.named("rotation.skipped") == []
     assert daemon.named("pause.started") == []
 
@@ -443,9 +445,9 @@ def test_connect_errors_retry_then_give_up_and_the_daemon_stays_up(
     assert daemon.stop() == 0
     failed = daemon.named("avatar.failed")
     assert [(e["error"], e["action"], e["attempt"]) for e in failed] == [
-        ("not sent", "retry", 1),
-        ("not sent", "retry", 2),
-        ("not sent", "give_up", 3),
+        ("connection refused", "retry", 1),
+        ("connection refused", "retry", 2),
+        ("connection refused", "give_up", 3),
     ]
 
 
@@ -471,7 +473,7 @@ def test_dropped_connection_replays_with_the_same_key(
         assert replay.replayed is apply, "an applied write is answered from its key's record"
         assert len(fake_xquik.applied_writes(name)) == 1, "changed (and charged) once"
         failed = [e for e in daemon.named("avatar.failed") if e["account"] == name]
-        assert [(e["error"], e["action"]) for e in failed] == [("no answer", "replay")]
+        assert [(e["error"], e["action"]) for e in failed] == [("connection dropped", "replay")]
 
 
 def test_read_timeout_replays_with_the_same_key(
@@ -885,49 +887,8 @@ def test_uncertain_writes_are_never_sent_again_blindly(
     assert daemon.named("rotation.skipped") == []
 
 
-DURABLE_FAILURES = {
-    "dur1": Reply(durable_pending=True, final_status="failed", final_error="x_transient_error"),
-    "dur2": Reply(
-        durable_pending=True,
-        final_status="failed",
-        final_error="x_transient_error",
-        safe_to_retry=True,
-        requires_new_key=True,
-    ),
-    "dur3": Reply(durable_pending=True, final_status="failed", final_error="x_rejected"),
-    "dur4": Reply(durable_pending=True, final_status="failed", final_error="account_needs_reauth"),
-}
-
-
-def test_failed_durable_write_follows_its_code_and_safe_to_retry(
-    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
-) -> None:
-    """A terminal failed write action: by its error code, honouring safeToRetry and nextAction."""
-    fake_xquik.durable = True
-    for name, reply in DURABLE_FAILURES.items():
-        fake_xquik.connect_account(name)
-        fake_xquik.script(
-            dataclasses.replace(reply, polls_until_terminal=0, retry_after=None),
-            account=name,
-        )
-    config, pictures = _setup(tmp_path, fake_xquik, dict.fromkeys(DURABLE_FAILURES, "every 1h"))
-    daemon = start_daemon(config)
-    daemon.wait_for("rotation.skipped", lambda e: e["account"] == "dur1", timeout=20)
-    _wait_successes(fake_xquik, {"dur2": 1, "dur3": 1, "dur4": 1})
-    assert daemon.stop() == 0
-
-    # Not safe to retry: given up after the one write.
-    assert len(fake_xquik.writes("dur1")) == 1
-    # Safe to retry with a new key: the same image under a new key.
-    failed, retried = fake_xquik.writes("dur2")
-    assert retried.idempotency_key != failed.idempotency_key
-    assert [_image(w, pictures["dur2"]) for w in (failed, retried)] == ["1.png", "1.png"]
-    # The image was refused: the next image, in the same rotation.
-    assert [_image(w, pictures["dur3"]) for w in fake_xquik.writes("dur3")] == ["1.png", "2.png"]
-    # The account needs attention: that account is paused.
-    started = _pauses(daemon.named("pause.started"), "dur4")
-    assert [(e["scope"], e["reason"]) for e in started] == [("account", "account_needs_reauth")]
-    assert {e["account"] for e in daemon.named("pause.started")} == {"dur4"}
+# A terminal failed write action (safeToRetry, nextAction, its code): in-process, one test
+# per decision, in tests/test_rotation.py.
 
 
 # -- the rotation: anything else -----------------------------------------------------------
