@@ -10,10 +10,12 @@ logged.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import datetime as dt
 import io
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from fake_xquik import FakeXquik, RecordedRequest, Reply
 from PIL import Image
 from structlog.testing import capture_logs
 
+from rotator import commands
 from rotator.catalog import Catalog, MemoryValidationCache
 from rotator.client import XquikClient
 from rotator.config import AccountEntry, ApiSection
@@ -68,6 +71,7 @@ class Rig:
     sleeps: Sleeps = dataclasses.field(default_factory=Sleeps)
     max_poll_time: float = 30.0
     credits_per_call: int = 10
+    now: dt.datetime = START  # the injected clock's one instant
     logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -80,7 +84,7 @@ class Rig:
 
         async def go() -> RotationResult:
             with StateStore.open(self.tmp / "state") as state:
-                pauses = PauseBoard(state, POLICY, clock=lambda: START)
+                pauses = PauseBoard(state, POLICY, clock=lambda: self.now)
                 pauses.restore()
                 catalog = Catalog(self.folder, FitSettings(), MemoryValidationCache(), emit)
                 catalog.apply_scan(await asyncio.to_thread(catalog.scan))
@@ -100,7 +104,7 @@ class Rig:
                         api=ApiSection(),
                         fitted_dir=self.tmp / "fitted",
                         rng=random.Random(5),
-                        clock=lambda: START,
+                        clock=lambda: self.now,
                         sleep=self.sleeps,
                         credits_per_call=self.credits_per_call,
                     )
@@ -196,6 +200,7 @@ def test_an_uncharged_success_counts_no_credits(rig: Rig) -> None:
             id="proxy-html-502",
         ),
         pytest.param(_error(408, None), id="408"),
+        pytest.param(_error(409, "some_future_conflict"), id="unknown-409"),
         pytest.param(Reply(drop=True, apply=True), id="dropped-after-applying"),
     ],
 )
@@ -469,3 +474,48 @@ def test_a_topup_in_progress_pauses_every_write(rig: Rig) -> None:
     with rig.state() as state:
         (pause,) = state.pauses()
     assert (pause.scope, pause.reason.split(":")[0]) == ("key", "credits")
+
+
+# -- what the user sees --------------------------------------------------------------------
+
+
+def _status(rig: Rig, capsys: pytest.CaptureFixture[str], *, as_json: bool) -> str:
+    """Run ``rotator status`` in-process on the rig's state and return what it printed."""
+    config = rig.tmp / "rotator.toml"
+    config.write_text(
+        f'[api]\nbase_url = "{rig.fake.base_url}"\n[state]\ndir = "{rig.tmp / "state"}"\n'
+        f'[[accounts]]\naccount = "{ACCOUNT}"\nfolder = "{rig.folder}"\nschedule = "every 1h"\n',
+        encoding="utf-8",
+    )
+    capsys.readouterr()
+    assert commands.status(argparse.Namespace(config=str(config), json=as_json)) == 0
+    return capsys.readouterr().out
+
+
+def test_status_shows_an_uncertain_write_with_its_action_id_and_the_credits(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status names the uncertain write's action id, and counts credits by billing."""
+    rig.now = dt.datetime.now(dt.UTC)  # status counts the last 30 days of its own clock
+    assert rig.rotate().kind == "uploaded"  # charged 10
+    rig.fake.script(Reply(durable_pending=True, polls_until_terminal=0, final_status="expired"))
+    assert rig.rotate().kind == "uncertain"
+    action_id = rig.fake.writes()[1].response.json["id"]  # type: ignore[union-attr]
+    report = json.loads(_status(rig, capsys, as_json=True))
+    (entry,) = report["entries"]
+    assert (entry["uncertain"], entry["last_action_id"]) == (True, action_id)
+    assert report["credits_spent_30d"] == 10  # the expired write was not charged
+    text = _status(rig, capsys, as_json=False)
+    assert f"uncertain (the server did not confirm it; write action {action_id})" in text
+    assert "credits spent (30 days): 10" in text
+
+
+def test_status_shows_a_write_waiting_to_be_resumed(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A write left running shows as pending with its action id until it is resumed."""
+    rig.max_poll_time = 1.0
+    rig.fake.script(Reply(durable_pending=True, polls_until_terminal=5, retry_after="1"))
+    assert rig.rotate().kind == "skipped"
+    action_id = rig.fake.writes()[0].response.json["id"]  # type: ignore[union-attr]
+    assert f"write pending: {action_id}" in _status(rig, capsys, as_json=False)
