@@ -72,6 +72,7 @@ class Rig:
     max_poll_time: float = 30.0
     credits_per_call: int = 10
     now: dt.datetime = START  # the injected clock's one instant
+    policy: PolicySettings = POLICY
     logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -84,7 +85,7 @@ class Rig:
 
         async def go() -> RotationResult:
             with StateStore.open(self.tmp / "state") as state:
-                pauses = PauseBoard(state, POLICY, clock=lambda: self.now)
+                pauses = PauseBoard(state, self.policy, clock=lambda: self.now)
                 pauses.restore()
                 catalog = Catalog(self.folder, FitSettings(), MemoryValidationCache(), emit)
                 catalog.apply_scan(await asyncio.to_thread(catalog.scan))
@@ -100,7 +101,7 @@ class Rig:
                         client=client,
                         pacer=WritePacer(100, 60.0, 4),
                         pauses=pauses,
-                        policy=POLICY,
+                        policy=self.policy,
                         api=ApiSection(),
                         fitted_dir=self.tmp / "fitted",
                         rng=random.Random(5),
@@ -440,16 +441,58 @@ def test_an_unsafe_failed_record_about_the_image_is_uncertain_and_refused(rig: R
         assert state.refused_images() == [("1.png", "x_media_rejected")]
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(_error(400, "invalid_input"), id="invalid_input"),
+        pytest.param(_error(422, "x_content_too_long"), id="x_content_too_long"),
+        pytest.param(_error(422, "x_rejected"), id="x_rejected"),
+    ],
+)
+def test_a_refused_image_gives_way_to_the_next_in_the_same_rotation(rig: Rig, reply: Reply) -> None:
+    """The next image goes in the same rotation; nothing is skipped."""
+    rig.fake.script(reply)
+    result = rig.rotate()
+    assert (result.kind, result.image) == ("uploaded", "2.png")
+    writes = rig.fake.writes()
+    assert [rig.sent_image(w) for w in writes] == ["1.png", "2.png"]
+    assert writes[1].status == 200
+    assert [e["image"] for e in rig.events("avatar.uploaded")] == ["2.png"]
+    assert rig.events("rotation.skipped") == []
+
+
+def test_refused_images_count_as_tries(rig: Rig) -> None:
+    """Each refused image is one try: after retry.attempts refusals the rotation is skipped."""
+    rig.policy = dataclasses.replace(POLICY, attempts=3)
+    rig.fake.script(*[_error(422, "x_rejected")] * 3)
+    assert rig.rotate().kind == "skipped"
+    assert [rig.sent_image(w) for w in rig.fake.writes()] == ["1.png", "2.png", "3.png"]
+    assert "out of tries" in rig.events("rotation.skipped")[0]["reason"]
+
+
+@pytest.mark.parametrize("status", [422, 409])
+def test_duplicate_action_counts_as_done(rig: Rig, status: int) -> None:
+    """x_duplicate_action moves the position on: the next rotation sends the next image."""
+    rig.fake.script(_error(status, "x_duplicate_action"))
+    assert (rig.rotate().kind, rig.rotate().kind) == ("uploaded", "uploaded")
+    assert [rig.sent_image(w) for w in rig.fake.writes()] == ["1.png", "2.png"]
+    assert rig.events("avatar.uploaded")[0]["image"] == "1.png"
+    assert rig.events("avatar.failed") == []
+
+
 # -- keys and pauses ---------------------------------------------------------------------
 
 
-def test_idempotency_conflict_takes_a_new_key_for_the_same_image(rig: Rig) -> None:
-    """idempotency_key_conflict: nothing was done; the same image under a new key."""
-    rig.fake.script(_error(409, "idempotency_key_conflict"))
+@pytest.mark.parametrize("code", ["idempotency_conflict", "idempotency_key_conflict"])
+def test_idempotency_conflict_takes_a_new_key_for_the_same_image(rig: Rig, code: str) -> None:
+    """409 idempotency_(key_)conflict: nothing was done; the same image at once, a new key."""
+    rig.fake.script(_error(409, code))
     assert rig.rotate().kind == "uploaded"
-    keys = _keys(rig)
-    assert len(keys) == 2
-    assert keys[0] != keys[1]
+    conflict, retried = rig.fake.writes()
+    assert (conflict.status, retried.status) == (409, 200)
+    assert retried.idempotency_key != conflict.idempotency_key
+    assert [rig.sent_image(w) for w in (conflict, retried)] == ["1.png", "1.png"]
+    assert rig.sleeps.delays == []  # at once
 
 
 def test_a_rate_limit_pause_keeps_the_write_and_replays_its_key_after(rig: Rig) -> None:

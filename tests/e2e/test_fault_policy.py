@@ -500,52 +500,9 @@ def test_read_timeout_replays_with_the_same_key(
     assert len(fake_xquik.applied_writes()) == 1
 
 
-def test_idempotency_conflict_retries_with_a_new_key(
-    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
-) -> None:
-    """409 idempotency_conflict: the same image goes again at once under a new key."""
-    config, pictures = _setup(tmp_path, fake_xquik, {"alice": "every 1h"})
-    fake_xquik.script(_error(409, "idempotency_conflict"))
-    daemon = start_daemon(config)
-    daemon.wait_for("avatar.uploaded", timeout=20)
-    assert daemon.stop() == 0
-
-    conflict, retried = fake_xquik.writes()
-    assert (conflict.status, retried.status) == (409, 200)
-    assert retried.idempotency_key != conflict.idempotency_key
-    assert [_image(w, pictures["alice"]) for w in (conflict, retried)] == ["1.png", "1.png"]
-
-
 # -- one image -------------------------------------------------------------------------
-
-REFUSALS = {
-    "ref1": _error(400, "invalid_input"),
-    "ref2": _error(422, "x_content_too_long"),
-    "ref3": _error(422, "x_rejected"),
-}
-
-
-def test_refused_image_gives_way_to_the_next_in_the_same_rotation(
-    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
-) -> None:
-    """invalid_input / x_content_too_long / x_rejected: the next image goes in the same rotation."""
-    for name, reply in REFUSALS.items():
-        fake_xquik.connect_account(name)
-        fake_xquik.script(reply, account=name)
-    config, pictures = _setup(tmp_path, fake_xquik, dict.fromkeys(REFUSALS, "every 1h"))
-    daemon = start_daemon(config)
-    _wait_successes(fake_xquik, dict.fromkeys(REFUSALS, 1))
-    assert daemon.stop() == 0
-
-    for name in REFUSALS:
-        writes = fake_xquik.writes(name)
-        assert [_image(w, pictures[name]) for w in writes] == ["1.png", "2.png"], name
-        assert writes[1].status == 200
-    uploaded = daemon.named("avatar.uploaded")
-    assert sorted((e["account"], e["image"]) for e in uploaded) == [
-        (name, "2.png") for name in REFUSALS
-    ]
-    assert daemon.named("rotation.skipped") == []
+# Refusals giving way to the next image, counting as tries, key conflicts and
+# x_duplicate_action are tested in-process (tests/test_rotation.py); these are the smoke.
 
 
 def test_refused_image_is_not_sent_again_until_its_file_changes(
@@ -569,22 +526,6 @@ def test_refused_image_is_not_sent_again_until_its_file_changes(
     assert daemon.stop() == 0
     changed = [w for w in fake_xquik.writes() if w.file and w.file.data == new_bytes]
     assert changed[0].status == 200
-
-
-def test_refused_images_count_as_tries(
-    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
-) -> None:
-    """Each refused image is one try: after retry.attempts refusals the rotation is skipped."""
-    config, pictures = _setup(tmp_path, fake_xquik, {"alice": "every 1h"}, images=4)
-    fake_xquik.script(*[_error(422, "x_rejected")] * 3)
-    daemon = start_daemon(config)
-    daemon.wait_for("rotation.skipped", timeout=20)
-    assert daemon.stop() == 0
-    assert [_image(w, pictures["alice"]) for w in fake_xquik.writes()] == [
-        "1.png",
-        "2.png",
-        "3.png",
-    ]
 
 
 def test_media_download_failed_sends_the_same_image_as_a_file(
@@ -611,21 +552,6 @@ def test_media_download_failed_sends_the_same_image_as_a_file(
     assert by_file.status == 200
     assert by_file.idempotency_key != by_url.idempotency_key, "other bytes, another key"
     assert daemon.named("rotation.skipped") == []
-
-
-def test_duplicate_action_counts_as_done(
-    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
-) -> None:
-    """x_duplicate_action moves the position on: the next rotation sends the next image."""
-    config, pictures = _setup(tmp_path, fake_xquik, {"alice": "every 1s"})
-    fake_xquik.script(_error(422, "x_duplicate_action"))
-    daemon = start_daemon(config)
-    _wait_successes(fake_xquik, {"alice": 1})
-    assert daemon.stop() == 0
-    writes = fake_xquik.writes()
-    assert [_image(w, pictures["alice"]) for w in writes[:2]] == ["1.png", "2.png"]
-    assert daemon.named("avatar.uploaded")[0]["image"] == "1.png"
-    assert daemon.named("avatar.failed") == []
 
 
 # -- one account -------------------------------------------------------------------------
