@@ -201,19 +201,24 @@ class XquikClient:
 
     async def poll_write_action(
         self,
-        location: str,
+        location: str | None,
         *,
+        action_id: str | None = None,
         expires_at: float | None = None,
         request_id: str | None = None,
         on_record: OnRecord | None = None,
     ) -> Outcome:
         """Poll a write action (a Location, statusUrl or full URL) until it is terminal.
 
-        Polls at least once, then until ``expires_at`` (epoch seconds, from the record)
-        or, without it, for up to ``max_poll_time``.
+        Without a usable ``location`` (none, or not on this API: the base URL changed)
+        the write action is found by ``action_id``. Polls at least once, then until
+        ``expires_at`` (epoch seconds, from the record) or, without it, for up to
+        ``max_poll_time``.
         """
         started = time.monotonic()
-        url = self._same_origin(location)
+        url = self._same_origin(location) if location else None
+        if url is None and action_id:
+            url = f"{self._base_url}/x/write-actions/{quote(action_id, safe='')}"
         if url is None:
             outcome = Outcome(kind="uncertain", message="the write action's URL is not on the API")
         else:

@@ -364,7 +364,6 @@ class Rotator:
         """Poll the pending write the ledger holds until it resolves (or polling must stop)."""
         assert self.client is not None
         record = rot.written()
-        location = record.status_url or f"/x/write-actions/{quote(record.action_id or '', safe='')}"
         emit(
             "write.resumed",
             account=rot.entry.account,
@@ -377,7 +376,8 @@ class Rotator:
             self.writing.add(task)
         try:
             return await self.client.poll_write_action(
-                location,
+                record.status_url,
+                action_id=record.action_id,
                 expires_at=_epoch(record.expires_at),
                 request_id=record.request_id,
                 on_record=self._on_record(rot),

@@ -562,3 +562,21 @@ def test_status_shows_a_write_waiting_to_be_resumed(
     assert rig.rotate().kind == "skipped"
     action_id = rig.fake.writes()[0].response.json["id"]  # type: ignore[union-attr]
     assert f"write pending: {action_id}" in _status(rig, capsys, as_json=False)
+
+
+def test_a_resumed_write_whose_status_url_is_elsewhere_is_polled_by_its_id(rig: Rig) -> None:
+    """A kept statusUrl off the API (the base URL changed) is never polled: the id is."""
+    rig.max_poll_time = 1.0
+    rig.fake.script(Reply(durable_pending=True, polls_until_terminal=3, retry_after="1"))
+    assert rig.rotate().kind == "skipped"
+    with StateStore.open(rig.tmp / "state") as state:
+        pending = state.pending_write(rig.entry.entry_id)
+        assert pending is not None
+        moved = dataclasses.replace(pending, status_url="https://elsewhere.example/x/1")
+        state.save_write(moved, now=START)
+    polls_before = len(rig.fake.polls())
+    assert rig.rotate().kind == "uploaded"
+    later = rig.fake.polls()[polls_before:]
+    assert later
+    assert {poll.path for poll in later} == {f"/api/v1/x/write-actions/{pending.action_id}"}
+    assert len(rig.fake.writes()) == 1
