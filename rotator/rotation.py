@@ -156,6 +156,8 @@ class Rotator:
                 # rotation come from a fresh rotation id, so none repeats a key used.
                 rot.chosen = pending.image
                 rot.replay_key = pending.idempotency_key
+            elif image is None:
+                self._abandon(pending)
         while True:
             pause = self.pauses.active(entry.account)
             if pause is not None:
@@ -385,6 +387,37 @@ class Rotator:
         finally:
             if task is not None:
                 self.writing.discard(task)
+
+    def _abandon(self, record: WriteRecord) -> None:
+        """Keep an unanswered write whose image changed or went away as uncertain.
+
+        Its exact input cannot be sent again, so the server cannot be asked under its
+        key; it may have happened, and the history says so before anything new goes.
+        """
+        message = "the image changed or went away before its unanswered write was replayed"
+        self.state.record_uncertain(
+            entry_id=record.entry_id,
+            account=record.account,
+            image=record.image,
+            sha256=record.sha256,
+            source_sha256=record.source_sha256,
+            error_code=None,
+            status=None,
+            message=message,
+            request_id=record.request_id,
+            attempt=0,
+            now=self._clock(),
+        )
+        emit(
+            "avatar.uncertain",
+            account=record.account,
+            image=record.image,
+            error="image changed",
+            status=None,
+            request_id=record.request_id,
+            action_id=None,
+            credits=0,
+        )
 
     def _pause_level(self, rot: _Rotation, outcome: Outcome) -> int:
         """Return how often the pause this outcome calls for has come back already."""

@@ -580,3 +580,19 @@ def test_a_resumed_write_whose_status_url_is_elsewhere_is_polled_by_its_id(rig: 
     assert later
     assert {poll.path for poll in later} == {f"/api/v1/x/write-actions/{pending.action_id}"}
     assert len(rig.fake.writes()) == 1
+
+
+def test_an_unanswered_write_whose_image_changed_is_recorded_uncertain_first(rig: Rig) -> None:
+    """No answer, then the file changed: it cannot be replayed as it was, so the history
+    marks it uncertain before the rotation sends anything new."""
+    rig.policy = dataclasses.replace(POLICY, attempts=1)
+    rig.fake.script(Reply(drop=True, apply=True))
+    assert rig.rotate().kind == "skipped"  # out of tries, kept for a same-key replay
+    rig.images["1.png"] = _png(77)
+    (rig.folder / "1.png").write_bytes(rig.images["1.png"])
+    assert rig.rotate().kind == "uploaded"
+    with rig.state() as state:
+        rows = state.history()
+    assert [row.outcome for row in rows[:2]] == ["success", "uncertain"]
+    assert "changed" in rows[1].message
+    assert [e["error"] for e in rig.events("avatar.uncertain")] == ["image changed"]
