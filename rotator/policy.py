@@ -440,6 +440,14 @@ def _decide_answer(
                 reason=reason,
                 detail="the server said not to retry (x-should-retry: false)",
             )
+        if family == "idempotency_in_progress":
+            # The first write under this key still runs: keep it, the next rotation asks.
+            return Decision(
+                action="resume_later",
+                scope="rotation",
+                reason=reason,
+                detail="the server said not to retry (x-should-retry: false)",
+            )
         return _give_up(reason, "the server said not to retry (x-should-retry: false)")
     if replayable or outcome.should_retry is True:
         return _retry(attempt, settings, rng, reason, action="replay", wait=wait)

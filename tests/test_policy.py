@@ -213,6 +213,12 @@ def test_x_should_retry_false_stops_the_replay(status: int) -> None:
     assert decision.action == ("uncertain" if status >= 500 else "give_up")
 
 
+def test_in_progress_with_x_should_retry_false_keeps_the_write_for_later() -> None:
+    """The first write under the key still runs: not resent now, never forgotten either."""
+    outcome = Outcome(kind="error", status=409, code="idempotency_in_progress", should_retry=False)
+    assert run(outcome).action == "resume_later"
+
+
 @pytest.mark.parametrize(("code", "status"), [(None, 400), ("some_new_code", 403)])
 def test_x_should_retry_true_replays_a_4xx_under_the_same_key(
     code: str | None, status: int
