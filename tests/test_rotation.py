@@ -24,6 +24,8 @@ import pytest
 from fake_xquik import FakeXquik, RecordedRequest, Reply
 from PIL import Image
 from structlog.testing import capture_logs
+from x_twitter_scraper.types.shared.error import Error
+from x_twitter_scraper.types.x.profile_update_avatar_response import ProfileUpdateAvatarResponse
 
 from rotator import commands
 from rotator.catalog import Catalog, MemoryValidationCache
@@ -596,3 +598,89 @@ def test_an_unanswered_write_whose_image_changed_is_recorded_uncertain_first(rig
     assert [row.outcome for row in rows[:2]] == ["success", "uncertain"]
     assert "changed" in rows[1].message
     assert [e["error"] for e in rig.events("avatar.uncertain")] == ["image changed"]
+
+
+# -- answers built by the SDK's own models, every field written out -----------------------
+
+
+def _sdk_record(**fields: Any) -> dict[str, Any]:
+    """Return a write record made by the SDK's model and dumped with every field, nulls too."""
+    record: dict[str, Any] = {
+        "object": "x_write_action",
+        "id": "xwa_sdk1",
+        "writeActionId": "xwa_sdk1",
+        "action": "update_avatar",
+        "status": "success",
+        "terminal": True,
+        "success": True,
+        "retryable": False,
+        "safeToRetry": False,
+        "sendDispatched": True,
+        "statusUrl": "/api/v1/x/write-actions/xwa_sdk1",
+        "charged": True,
+        "chargedCredits": "10",
+        "billing": {
+            "charged": True,
+            "chargedCredits": "10",
+            "plannedCredits": "10",
+            "status": "charged",
+        },
+        "request": {"hash": "h"},
+        **fields,
+    }
+    model = ProfileUpdateAvatarResponse.model_validate(record)
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def test_an_sdk_dumped_failed_record_not_safe_to_retry_is_uncertain(rig: Rig) -> None:
+    """A 200 failed record, as the SDK dumps it (all nulls present): uncertain, sent once."""
+    answer = _sdk_record(
+        status="failed",
+        success=False,
+        error="x_write_failed",
+        charged=False,
+        chargedCredits="0",
+        billing={
+            "charged": False,
+            "chargedCredits": "0",
+            "plannedCredits": "10",
+            "status": "not_charged",
+        },
+        nextAction={"type": "verify_result"},
+    )
+    rig.fake.script(Reply(status=200, json=answer))
+    assert rig.rotate().kind == "uncertain"
+    assert len(rig.fake.writes()) == 1
+    with rig.state() as state:
+        row = state.history()[0]
+    assert (row.action_id, row.credits) == ("xwa_sdk1", 0)
+
+
+def test_an_sdk_dumped_error_with_retry_after_ms_replays_after_that_wait(rig: Rig) -> None:
+    """An Error dumped by the SDK (every field, nulls too): same key, after retryAfterMs."""
+    body = Error.model_validate(
+        {"error": "x_transient_error", "message": "later", "retryAfterMs": 4500}
+    ).model_dump(mode="json", by_alias=True)
+    rig.fake.script(Reply(status=503, json=body))
+    assert rig.rotate().kind == "uploaded"
+    keys = _keys(rig)
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    assert rig.sleeps.delays[0] >= 4.5
+
+
+def test_an_sdk_dumped_success_without_charge_costs_nothing(rig: Rig) -> None:
+    """A success record whose billing says not charged counts 0 credits."""
+    answer = _sdk_record(
+        charged=False,
+        chargedCredits="0",
+        billing={
+            "charged": False,
+            "chargedCredits": "0",
+            "plannedCredits": "10",
+            "status": "refunded",
+        },
+    )
+    rig.fake.script(Reply(status=200, json=answer))
+    assert rig.rotate().kind == "uploaded"
+    assert rig.events("avatar.uploaded")[0]["credits"] == 0
