@@ -30,7 +30,7 @@ from rotator.errors import (
     StateError,
     StateLockedError,
 )
-from rotator.images import FitSettings, describe, fit_image
+from rotator.images import FitSettings, describe, fit_image_bytes
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
@@ -132,7 +132,7 @@ def check(args: argparse.Namespace) -> int:
     catalogs = _scanned_catalogs(settings)
     for entry in settings.accounts:
         catalog = catalogs[entry.folder]
-        files = [_describe_usable(image, fits) for image in catalog.usable()]
+        files = [_describe_usable(catalog, image, fits) for image in catalog.usable()]
         files += [
             {"path": path, "state": "rejected", "detail": f"rejected: {reason}"}
             for path, reason in catalog.rejected()
@@ -180,12 +180,12 @@ def check(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def _describe_usable(image: CatalogImage, fits: FitSettings) -> dict[str, str]:
+def _describe_usable(catalog: Catalog, image: CatalogImage, fits: FitSettings) -> dict[str, str]:
     """Return a usable file's line; one that needs fitting is fitted, to show the result."""
     if not image.verdict.needs_fit:
         return {"path": image.relative, "state": "ok", "detail": describe(image.verdict)}
     try:
-        fitted = fit_image(image.path, fits)
+        fitted = fit_image_bytes(catalog.read_image(image), fits)
     except ImageError as exc:
         return {"path": image.relative, "state": "rejected", "detail": f"rejected: {exc}"}
     return {"path": image.relative, "state": "fitted", "detail": describe(fitted)}

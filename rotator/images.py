@@ -349,21 +349,39 @@ def _read_bounded(path: Path, limit: int) -> tuple[bytes | None, str | None, int
     except OSError as exc:
         return None, f"unreadable: {(exc.strerror or str(exc)).lower()}", 0
     try:
+        return read_open_file(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def read_open_file(fd: int, limit: int) -> tuple[bytes | None, str | None, int]:
+    """Read an open regular file of at most ``limit`` bytes from its start (fd stays open).
+
+    Return (data, None, size) or (None, why, size). Only this descriptor is read, so the
+    bytes judged are the bytes of the file that was opened, whatever the path says now.
+    """
+    try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            os.close(fd)
             kind = " (a folder)" if stat.S_ISDIR(status.st_mode) else ""
             return None, f"not a regular file{kind}", 0
-        with os.fdopen(fd, "rb") as file:
-            if status.st_size > limit:
-                return None, _too_large(status.st_size, limit), status.st_size
-            data = file.read(limit + 1)
+        if status.st_size > limit:
+            return None, _too_large(status.st_size, limit), status.st_size
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.pread(fd, min(1 << 20, limit + 1 - total), total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
     except FileNotFoundError:
         return None, "vanished while reading", 0
     except PermissionError:
         return None, "unreadable: permission denied", 0
     except OSError as exc:
         return None, f"unreadable: {(exc.strerror or str(exc)).lower()}", 0
+    data = b"".join(chunks)
     if len(data) > limit:
         return None, _too_large(len(data), limit), len(data)
     return data, None, len(data)

@@ -10,6 +10,7 @@ they hold a secret, are masked.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
@@ -30,6 +31,7 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _listeners: list[Callable[[Mapping[str, object]], None]] = []
@@ -63,9 +65,23 @@ def redact_text(text: str) -> str:
     return text
 
 
+def _printable(text: str) -> str:
+    """Escape what cannot be written as UTF-8 (a file name's non-UTF-8 bytes: ``\\xe9``)."""
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(
+        lambda found: (
+            f"\\x{ord(found[0]) - 0xDC00:02x}"
+            if 0xDC80 <= ord(found[0]) <= 0xDCFF
+            else f"\\u{ord(found[0]):04x}"
+        ),
+        text,
+    )
+
+
 def _redact_value(value: object) -> object:
     if isinstance(value, str):
-        return redact_text(value)
+        return _printable(redact_text(value))
     if isinstance(value, dict):
         return {
             key: REDACTED if str(key).lower() in _SECRET_FIELD_NAMES else _redact_value(item)

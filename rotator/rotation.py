@@ -248,7 +248,7 @@ class Rotator:
         if self.api.upload != "url" or rot.as_file or image is None or image.verdict.needs_fit:
             return None  # a fitted copy is not at the public URL
         base = (rot.entry.public_base_url or self.api.public_base_url or "").rstrip("/")
-        return f"{base}/{quote(image.relative)}"
+        return f"{base}/{quote(bytes(image.path.relative_to(rot.catalog.folder)))}"
 
     async def _send(self, rot: _Rotation, key: str) -> Outcome | None:
         """Send the write when the pacer allows; None when a pause began meanwhile."""
