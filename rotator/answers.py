@@ -19,6 +19,7 @@ from datetime import UTC
 from typing import Any
 
 from rotator.outcomes import UNCERTAIN_CODES, Outcome, WriteAction
+from rotator.redaction import redact, redact_optional, safe_code
 
 MAX_RETRY_AFTER = 86400.0
 MIN_POLL_DELAY = 0.2
@@ -155,7 +156,7 @@ def read_write_answer(
         "status": answer.status,
         "code": code,
         "retry_after": retry_after_seconds(answer.headers.get("retry-after"), answer.payload, now),
-        "request_id": answer.headers.get("x-request-id"),
+        "request_id": redact_optional(answer.headers.get("x-request-id")),
         "write_action": action,
     }
     if code == "x_write_ambiguous":
@@ -259,7 +260,7 @@ def error_code_and_message(answer: Answer) -> tuple[str | None, str]:
 
 def scrub(text: str, secret: str | None) -> str:
     """Return ``text`` with every occurrence of ``secret`` masked."""
-    return text.replace(secret, "***") if secret else text
+    return redact(text, [secret], mask="***")
 
 
 def shorten(text: str) -> str:
@@ -306,7 +307,7 @@ def _code(value: object) -> str | None:
     if isinstance(value, dict):
         value = value.get("code") or value.get("type")
     if isinstance(value, str) and value.strip():
-        return value.strip().lower()
+        return safe_code(value.strip().lower())  # the key echoed as a code becomes "unknown"
     return None
 
 

@@ -697,7 +697,7 @@ def prune_fitted(fitted_dir: Path, keep: set[str]) -> list[str]:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # for the daemon's user only
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=_FITTED_TEMP_PREFIX)
     try:
         with os.fdopen(handle, "wb") as file:

@@ -32,11 +32,11 @@ from rotator.errors import (
 )
 from rotator.images import FitSettings, describe, fit_image_bytes
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.logs import add_secret, configure, emit
+from rotator.logs import add_secret, configure, emit, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
-from rotator.state import StateStore, read_heartbeat
+from rotator.state import StateStore, check_state_file, read_heartbeat, state_exists
 from rotator.systemd import SystemdNotifier
 
 
@@ -71,12 +71,37 @@ def _live_heartbeat(
     return min(found, key=lambda item: item[0]) if found else None
 
 
+_FUTURE_TOLERANCE = 2.0  # seconds a heartbeat may seem ahead (file time rounding)
+
+
 def _is_fresh(age: float) -> bool:
-    return age <= 3 * HEARTBEAT_SECONDS
+    # A heartbeat dated in the future proves nothing (the clock went back, or a forgery).
+    return -_FUTURE_TOLERANCE <= age <= 3 * HEARTBEAT_SECONDS
 
 
 def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(_redacted(data), indent=2, default=str) + "\n")
+
+
+def _redacted(data: Any) -> Any:
+    """Return ``data`` with the key masked in every string (server text may echo it)."""
+    if isinstance(data, str):
+        return redact_text(data)
+    if isinstance(data, dict):
+        return {key: _redacted(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_redacted(value) for value in data]
+    return data
+
+
+def _register_key_quietly(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Register the key, if one can be found, so that it is masked in what is printed."""
+    try:
+        key = find_api_key(settings, environ)
+    except ConfigError:
+        return
+    if key is not None:
+        add_secret(key.reveal())
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -87,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     settings = _settings(args, environ)
     key = None if args.dry_run else _key(settings, environ)
+    os.umask(0o077)  # whatever the daemon creates (state, fitted copies) is for its user only
     configure(settings.log.level, settings.log.format)
     if key is not None and key.warning:
         emit("config.warning", message=key.warning)
@@ -112,9 +138,11 @@ def rotate(args: argparse.Namespace) -> int:
     )
     for result in results:
         sys.stderr.write(
-            f"{result.account}: {result.kind}"
-            + (f" {result.image}" if result.image else "")
-            + (f" ({result.reason})" if result.reason and not result.ok else "")
+            redact_text(
+                f"{result.account}: {result.kind}"
+                + (f" {result.image}" if result.image else "")
+                + (f" ({result.reason})" if result.reason and not result.ok else "")
+            )
             + "\n"
         )
     return 0 if all(result.ok for result in results) else 1
@@ -176,7 +204,7 @@ def check(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        _print_check(report)
+        _print_check(_redacted(report))
     return 0 if report["ok"] else 1
 
 
@@ -329,11 +357,11 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def _read_entries(settings: Settings) -> dict[str, Any]:
-    try:
-        with StateStore.open(settings.state_dir, lock=False, readonly=True) as state:
-            return {row.entry_id: row for row in state.entries()}
-    except StateError:
+    # No state yet: nothing has run. A state that cannot be read is an error (exit 2).
+    if not state_exists(settings.state_dir):
         return {}
+    with StateStore.open(settings.state_dir, lock=False, readonly=True) as state:
+        return {row.entry_id: row for row in state.entries()}
 
 
 def _next_times(
@@ -364,6 +392,7 @@ def status(args: argparse.Namespace) -> int:
     """Print what the state says of each entry: last success, image, next due, pauses."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    _register_key_quietly(settings, environ)
     now = _now()
     state_dir = settings.state_dir
     report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
@@ -375,14 +404,17 @@ def status(args: argparse.Namespace) -> int:
         report["daemon"] = "running (dry run)" if beat[2] else "running"
         raw = beat[1].get("next_due")
         next_due = raw if isinstance(raw, dict) and not beat[2] else {}
-    try:
+    rows: dict[str, Any] = {}
+    pauses: list[Any] = []
+    history: dict[str, Any] = {}
+    refused: list[tuple[str, str]] = []
+    # No state yet is a fresh start; a state that cannot be read is an error, never "never".
+    if state_exists(state_dir):
         with StateStore.open(state_dir, lock=False, readonly=True) as state:
             rows = {row.entry_id: row for row in state.entries()}
             pauses = [p for p in state.pauses() if p.until > now]
             refused = state.refused_images()
             history = {row.entry_id: row for row in reversed(state.history(limit=500))}
-    except StateError:
-        rows, pauses, history, refused = {}, [], {}, []
     # Not sent again until the file changes (its content hash with it).
     report["refused_images"] = [{"path": path, "code": code} for path, code in refused]
     for entry in settings.accounts:
@@ -418,7 +450,12 @@ def status(args: argparse.Namespace) -> int:
         )
     if args.json:
         _print_json(report)
-        return 0
+    else:
+        _print_status(_redacted(report), state_dir)
+    return 0
+
+
+def _print_status(report: dict[str, Any], state_dir: Path) -> None:
     out = sys.stdout
     out.write(f"daemon: {report['daemon']}  (state: {state_dir})\n")
     for item in report["entries"]:
@@ -438,7 +475,6 @@ def status(args: argparse.Namespace) -> int:
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
         out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
-    return 0
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -491,6 +527,10 @@ def health(args: argparse.Namespace) -> int:
     """Exit 0 when the running daemon's heartbeat is fresh, 1 otherwise, with one line."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    for dry_run in (False, True):
+        state_dir = state_dir_for(settings, dry_run=dry_run)
+        if state_exists(state_dir):
+            check_state_file(state_dir)  # a broken state is never "healthy"
     beat = _live_heartbeat(settings)
     if beat is None:
         sys.stdout.write(
@@ -498,6 +538,12 @@ def health(args: argparse.Namespace) -> int:
         )
         return 1
     age, summary, dry_run = beat
+    if age < -_FUTURE_TOLERANCE:
+        sys.stdout.write(
+            f"unhealthy: the last heartbeat is dated {-age:.0f}s in the future "
+            "(the clock went back, or it is not the daemon's)\n"
+        )
+        return 1
     if not _is_fresh(age):
         sys.stdout.write(
             f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)\n"

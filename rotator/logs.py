@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from rotator import redaction
+
 Logger = structlog.typing.FilteringBoundLogger
 
-REDACTED = "[REDACTED]"
+REDACTED = redaction.REDACTED
 _SECRET_FIELD_NAMES = frozenset(
     {"api_key", "key_value", "x-api-key", "x_api_key", "authorization", "password", "secret"}
 )
@@ -32,8 +33,6 @@ _LEVELS = {
 }
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
 _listeners: list[Callable[[Mapping[str, object]], None]] = []
 
 
@@ -50,19 +49,12 @@ def remove_listener(listener: Callable[[Mapping[str, object]], None]) -> None:
 
 def add_secret(value: str) -> None:
     """Register a value that must never appear in any log line (the API key)."""
-    if len(value) >= 4:  # masking a very short string would garble ordinary text
-        with _secrets_lock:
-            _secrets.add(value)
+    redaction.add_secret(value)
 
 
 def redact_text(text: str) -> str:
-    """Return ``text`` with every registered secret masked."""
-    with _secrets_lock:
-        secrets = tuple(_secrets)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    """Return ``text`` with every registered secret, and long fragments of it, masked."""
+    return redaction.redact(text)
 
 
 def _printable(text: str) -> str:
