@@ -683,6 +683,7 @@ def check_state_file(state_dir: Path) -> None:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StateError(f"the state database {db_path} is not a regular file")
             header = os.pread(fd, 100, 0)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
     except OSError as exc:
@@ -695,6 +696,15 @@ def check_state_file(state_dir: Path) -> None:
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise StateError(
             f"the state database {db_path} is not a SQLite database (truncated or overwritten): "
+            "restore it from a backup, or move it away to start afresh"
+        )
+    # The header's page count is valid when its two change counters agree (SQLite file format).
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] == header[92:96] and size < page_size * pages:
+        raise StateError(
+            f"the state database {db_path} is truncated ({size} of {page_size * pages} bytes): "
             "restore it from a backup, or move it away to start afresh"
         )
 
