@@ -57,13 +57,22 @@ class FitSettings:
     max_bytes: int = ENDPOINT_MAX_BYTES
     max_source_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 40_000_000
+    min_size: int = 1  # the config's default is 100; callers of the library choose
+    max_decoded_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.fit not in ("auto", "always", "off"):
             raise ValueError(f"fit must be auto, always or off, not {self.fit!r}")
         if self.crop not in ("center", "none"):
             raise ValueError(f"crop must be center or none, not {self.crop!r}")
-        for name in ("size", "max_bytes", "max_source_bytes", "max_pixels"):
+        for name in (
+            "size",
+            "max_bytes",
+            "max_source_bytes",
+            "max_pixels",
+            "min_size",
+            "max_decoded_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -72,7 +81,8 @@ class FitSettings:
         """Return a short hash of the settings a verdict depends on (not size or crop)."""
         return _short_hash(
             f"fit={self.fit}|max_bytes={self.max_bytes}|"
-            f"max_source_bytes={self.max_source_bytes}|max_pixels={self.max_pixels}"
+            f"max_source_bytes={self.max_source_bytes}|max_pixels={self.max_pixels}|"
+            f"min_size={self.min_size}|max_decoded_bytes={self.max_decoded_bytes}"
         )
 
     @property

@@ -76,6 +76,8 @@ def fit_settings(settings: Settings) -> FitSettings:
         max_bytes=images.max_bytes,
         max_source_bytes=images.max_source_bytes,
         max_pixels=images.max_pixels,
+        min_size=images.min_size,
+        max_decoded_bytes=images.max_decoded_bytes,
     )
 
 
