@@ -30,9 +30,9 @@ from rotator.errors import (
     StateError,
     StateLockedError,
 )
-from rotator.images import FitSettings, describe, fit_image_bytes
+from rotator.images import FitSettings, describe, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.logs import add_secret, configure, emit, redact_text
+from rotator.logs import add_secret, configure, emit, library_warning, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     key = None if args.dry_run else _key(settings, environ)
     os.umask(0o077)  # whatever the daemon creates (state, fitted copies) is for its user only
     configure(settings.log.level, settings.log.format)
+    set_library_sink(library_warning)
     if key is not None and key.warning:
         emit("config.warning", message=key.warning)
     notifier = SystemdNotifier.from_environment()
@@ -133,6 +134,7 @@ def rotate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
     key = None if args.dry_run else _key(settings, environ)
     configure(settings.log.level, settings.log.format)
+    set_library_sink(library_warning)
     results = asyncio.run(
         rotate_now(settings, key, entries, image=args.image, dry_run=args.dry_run)
     )

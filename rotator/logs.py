@@ -167,7 +167,13 @@ EVENT_LEVELS = {
     "watch.fallback": "warning",
     "daemon.reload_failed": "error",
     "daemon.crashed": "error",
+    "library.log": "warning",
 }
+
+
+def library_warning(library: str, message: str) -> None:
+    """Log what a library said (a Pillow or libtiff warning) as a ``library.log`` event."""
+    emit("library.log", library=library, message=message)
 
 
 def emit(event: str, **fields: object) -> None:
