@@ -713,6 +713,14 @@ def _os_text(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
+def _write_problem(exc: OSError) -> str:
+    """Describe an OSError met opening state for writing, with what to check."""
+    why = _os_text(exc)
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        why += " (rotator must be able to write it: check its owner, mode and file system)"
+    return why
+
+
 def _make_dir(state_dir: Path) -> None:
     try:
         if not state_dir.is_dir():
@@ -760,9 +768,9 @@ def _create_db(db_path: Path, state_dir: Path) -> None:
 def _take_lock(state_dir: Path) -> int:
     path = state_dir / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StateError(f"cannot open the lock file {path}: {exc}") from exc
+        raise StateError(f"cannot open the lock file {path}: {_write_problem(exc)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -806,10 +814,9 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
     except OSError as exc:
         if conn is not None:
             conn.close()
-        why = _os_text(exc)
-        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-            why += " (rotator must be able to write it: check its owner, mode and file system)"
-        raise StateError(f"cannot open the state database {db_path}: {why}") from None
+        raise StateError(
+            f"cannot open the state database {db_path}: {_write_problem(exc)}"
+        ) from None
     except StateError:
         if conn is not None:
             conn.close()
