@@ -20,6 +20,7 @@ from datetime import UTC
 from typing import Any
 
 from rotator.outcomes import UNCERTAIN_CODES, Outcome, WriteAction
+from rotator.redaction import redact, redact_optional, safe_code
 
 MAX_RETRY_AFTER = 86400.0
 MIN_POLL_DELAY = 0.2
@@ -184,7 +185,7 @@ def read_write_answer(
         "code": code,
         "retry_after": server_wait(answer.headers, answer.payload, now),
         "should_retry": should_retry(answer),
-        "request_id": answer.headers.get("x-request-id"),
+        "request_id": redact_optional(answer.headers.get("x-request-id")),
         "write_action": action,
     }
     if code == "x_write_ambiguous":
@@ -299,7 +300,7 @@ def error_code_and_message(answer: Answer) -> tuple[str | None, str]:
 
 def scrub(text: str, secret: str | None) -> str:
     """Return ``text`` with every occurrence of ``secret`` masked."""
-    return text.replace(secret, "***") if secret else text
+    return redact(text, [secret], mask="***")
 
 
 def shorten(text: str) -> str:
@@ -346,7 +347,7 @@ def _code(value: object) -> str | None:
     if isinstance(value, dict):
         value = value.get("code") or value.get("type")
     if isinstance(value, str) and value.strip():
-        return value.strip().lower()
+        return safe_code(value.strip().lower())  # the key echoed as a code becomes "unknown"
     return None
 
 

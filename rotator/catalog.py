@@ -30,9 +30,9 @@ from rotator.images import (
     ImageVerdict,
     fit_cache_name,
     fit_image_bytes,
-    inspect_image,
+    judge_image_bytes,
     read_fitted,
-    read_image_file,
+    read_open_file,
     rejected_verdict,
 )
 
@@ -44,6 +44,38 @@ _STALE_TEMP_SECONDS = 3600.0
 _SENT_SUFFIXES = {"jpeg": (".jpg", ".jpeg"), "png": (".png",)}
 
 NaturalKey = tuple[tuple[tuple[str | int, ...], ...], str]
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS |= getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_PROC_FD = Path("/proc/self/fd")
+
+
+def escape_name(name: str) -> str:
+    """Return a file name as printable UTF-8 text, one-to-one: ``caf\\xe9.png``.
+
+    The file system hands names over as ``surrogateescape`` text; bytes that are not
+    UTF-8 become ``\\xNN``, control and other unprintable characters ``\\xNN``/``\\uNNNN``,
+    and a backslash is doubled so no two names share an escaped form. Positions, logs,
+    the state and every report use this form; only the file system sees the raw name.
+    """
+    if name.isprintable() and "\\" not in name:
+        return name  # the common case: nothing to do
+    out = []
+    for char in name:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == " " or char.isprintable():
+            out.append(char)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def natural_key(relative_path: str) -> NaturalKey:
@@ -123,7 +155,7 @@ class MemoryValidationCache:
 
 @dataclasses.dataclass(frozen=True)
 class CatalogImage:
-    """One usable image of a folder."""
+    """One usable image of a folder; ``relative`` is the escaped name (see ``escape_name``)."""
 
     path: Path
     relative: str
@@ -134,7 +166,10 @@ class CatalogImage:
 
 @dataclasses.dataclass(frozen=True)
 class FileResult:
-    """The verdict on one path of a folder (usable or not), as found by a worker thread."""
+    """The verdict on one path of a folder (usable or not), as found by a worker thread.
+
+    ``path`` is the real path; ``relative`` its escaped name inside the folder.
+    """
 
     path: Path
     relative: str
@@ -180,6 +215,7 @@ class Catalog:
     ) -> None:
         self._given = Path(os.path.abspath(folder))
         self._root = Path(os.path.realpath(folder))
+        self._root_name = escape_name(str(self._root))
         self._settings = settings
         self._cache = cache
         self._log = log
@@ -226,43 +262,73 @@ class Catalog:
         if not relative or not all(is_candidate_name(part) for part in relative.split("/")):
             return None
         absolute = self._root / relative
-        try:
-            os.lstat(absolute)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return self._rejection(relative, _os_reason(exc))
-        try:
-            real = os.path.realpath(absolute, strict=True)
-        except OSError as exc:
-            return self._rejection(relative, _symlink_reason(exc))
-        if not self._inside(real):
-            return self._rejection(relative, "symlink leaves the folder")
+        if os.path.islink(absolute):
+            try:
+                real = os.path.realpath(absolute, strict=True)
+            except OSError as exc:
+                return self._rejection(relative, _symlink_reason(exc))
+            if not self._inside(real):
+                return self._rejection(relative, "symlink leaves the folder")
         try:
             status = os.stat(absolute)
         except FileNotFoundError:
-            return None
+            try:
+                os.lstat(absolute)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                return self._rejection(relative, _os_reason(exc))
+            return self._rejection(relative, "broken symlink")
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return self._rejection(relative, "symlink loop")
             return self._rejection(relative, _os_reason(exc))
         if stat.S_ISDIR(status.st_mode):
             return None
         if not stat.S_ISREG(status.st_mode):
             return self._rejection(relative, "not a regular file")
-        return self._judge_file(absolute, relative, status)
+        try:
+            return self._judge_file(absolute, relative)
+        except FileNotFoundError:
+            return None
+
+    def read_image(self, image: CatalogImage) -> bytes:
+        """Return the bytes of ``image`` as checked; raise ``ImageError`` if they changed.
+
+        The file is opened once and proven to lie inside the folder through that very
+        descriptor; the bytes read from it are compared with the checked hash and are
+        what is sent, so nothing swapped in afterwards (a symlink, say) can be.
+        """
+        verdict = image.verdict
+        if not verdict.usable or verdict.sha256 is None:
+            raise ImageError(f"{image.relative}: not usable ({verdict.reason})")
+        try:
+            fd = self._open_inside(image.path)
+        except OSError as exc:
+            raise ImageError(f"{image.relative}: {_os_reason(exc)}") from None
+        except _OutsideError as exc:
+            raise ImageError(f"{image.relative}: {exc}") from None
+        try:
+            data, reason, _ = read_open_file(fd, self._settings.max_source_bytes)
+        finally:
+            os.close(fd)
+        if data is None:
+            raise ImageError(f"{image.relative}: {reason}")
+        if hashlib.sha256(data).hexdigest() != verdict.sha256:
+            raise ImageError(f"{image.relative}: changed since it was checked")
+        return data
 
     def load_payload(self, image: CatalogImage, fitted_dir: Path) -> Payload:
         """Return the bytes to send for ``image``; raise ``ImageError`` if that is impossible."""
         verdict = image.verdict
         if not verdict.usable or verdict.sha256 is None or verdict.format is None:
             raise ImageError(f"{image.relative}: not usable ({verdict.reason})")
-        data = read_image_file(image.path, self._settings.max_source_bytes)
-        if hashlib.sha256(data).hexdigest() != verdict.sha256:
-            raise ImageError(f"{image.relative}: changed since it was checked")
+        data = self.read_image(image)
         if not verdict.needs_fit:
             return Payload(
                 data=data,
                 mime=verdict.mime or "application/octet-stream",
-                filename=_sent_filename(image.path.name, verdict.format),
+                filename=_sent_filename(escape_name(image.path.name), verdict.format),
                 sha256=verdict.sha256,
                 source_sha256=verdict.sha256,
                 fitted=None,
@@ -271,7 +337,7 @@ class Catalog:
         return Payload(
             data=fitted.data,
             mime=fitted.mime,
-            filename=_sent_filename(image.path.name, fitted.format),
+            filename=_sent_filename(escape_name(image.path.name), fitted.format),
             sha256=fitted.sha256,
             source_sha256=fitted.source_sha256,
             fitted=fitted,
@@ -284,7 +350,7 @@ class Catalog:
         if result.folder_error != self._folder_error:
             if result.folder_error is not None:
                 self._log(
-                    "catalog.folder_unreadable", folder=str(self._root), reason=result.folder_error
+                    "catalog.folder_unreadable", folder=self._root_name, reason=result.folder_error
                 )
             self._folder_error = result.folder_error
         seen = {file.relative for file in result.files}
@@ -292,7 +358,7 @@ class Catalog:
             self._drop(relative)
         for relative in [name for name in self._rejected if name not in seen]:
             del self._rejected[relative]
-            self._cache.forget(str(self._root / relative))
+            self._cache.forget(self._cache_key(relative))
         for file in result.files:
             self.apply_file(file)
 
@@ -317,7 +383,7 @@ class Catalog:
                 self._log(
                     "image.added" if old is None else "image.changed",
                     path=relative,
-                    folder=str(self._root),
+                    folder=self._root_name,
                     bytes=verdict.size_bytes,
                     format=verdict.format,
                     needs_fit=verdict.needs_fit,
@@ -329,13 +395,14 @@ class Catalog:
         seen_as = (result.size_bytes, result.mtime_ns, reason)
         if self._rejected.get(relative) != seen_as:
             self._rejected[relative] = seen_as
-            self._log("image.rejected", path=relative, folder=str(self._root), reason=reason)
+            self._log("image.rejected", path=relative, folder=self._root_name, reason=reason)
 
     def remove_path(self, path: Path) -> None:
         """Forget a file, or everything under a folder (the catalog folder itself included)."""
-        relative = self._relative(path)
-        if relative is None:
+        raw = self._relative(path)
+        if raw is None:
             return
+        relative = escape_name(raw)
         prefix = f"{relative}/"
 
         def under(name: str) -> bool:
@@ -345,7 +412,7 @@ class Catalog:
             self._drop(name)
         for name in [name for name in self._rejected if under(name)]:
             del self._rejected[name]
-            self._cache.forget(str(self._root / name))
+            self._cache.forget(self._cache_key(name))
 
     # -- event-loop thread: reads -----------------------------------------------------------
 
@@ -431,44 +498,92 @@ class Catalog:
             visited.add(identity)
             yield from self._walk(path, f"{relative}/", visited, pending)
         elif stat.S_ISREG(status.st_mode):
-            yield self._judge_file(path, relative, status, pending)
+            yield self._judge_file(path, relative, pending)
         else:
             yield self._rejection(relative, "not a regular file")
 
     def _judge_file(
-        self,
-        path: Path,
-        relative: str,
-        status: os.stat_result,
-        pending: list[CacheEntry] | None = None,
+        self, path: Path, relative: str, pending: list[CacheEntry] | None = None
     ) -> FileResult:
         """Return the cached verdict for this version of the file, or decode it.
 
-        A new verdict goes into ``pending`` when given (the scan stores them in batches),
-        else straight into the cache.
+        The file is opened once (``_open_inside``) and everything is judged from that
+        descriptor. A new verdict goes into ``pending`` when given (the scan stores them
+        in batches), else straight into the cache. Raise ``FileNotFoundError`` if it is gone.
         """
-        key = str(path)
-        for _attempt in range(2):
-            size, mtime_ns = status.st_size, status.st_mtime_ns
-            cached = self._cache.get(key, size, mtime_ns)
-            if cached is not None and cached.settings_key == self._settings.verdict_key:
-                return FileResult(path, relative, size, mtime_ns, cached)
-            verdict = inspect_image(path, self._settings)
-            try:
-                after = os.stat(path)
-            except OSError:
-                return FileResult(path, relative, size, mtime_ns, verdict)
-            unchanged = (after.st_size, after.st_mtime_ns) == (size, mtime_ns)
-            read_whole = verdict.sha256 is None or verdict.size_bytes == size
-            if unchanged and read_whole:
-                # No bytes read means no content facts: those verdicts are retried, not cached.
-                if verdict.sha256 is not None and pending is not None:
-                    pending.append((key, size, mtime_ns, verdict))
-                elif verdict.sha256 is not None:
-                    self._cache.put(key, size, mtime_ns, verdict)
-                return FileResult(path, relative, size, mtime_ns, verdict)
-            status = after
-        return self._rejection(relative, "still being written", status)
+        key = self._cache_key(escape_name(relative))
+        try:
+            fd = self._open_inside(path)
+        except FileNotFoundError:
+            raise
+        except _OutsideError as exc:
+            return self._rejection(relative, str(exc))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return self._rejection(relative, "symlink loop")
+            return self._rejection(relative, _os_reason(exc))
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                return self._rejection(relative, "not a regular file")
+            for _attempt in range(2):
+                size, mtime_ns = status.st_size, status.st_mtime_ns
+                cached = self._cache.get(key, size, mtime_ns)
+                if cached is not None and cached.settings_key == self._settings.verdict_key:
+                    return self._result(path, relative, size, mtime_ns, cached)
+                data, reason, read_size = read_open_file(fd, self._settings.max_source_bytes)
+                if data is None:
+                    verdict = rejected_verdict(
+                        reason or "unreadable", read_size, self._settings.verdict_key
+                    )
+                else:
+                    verdict = judge_image_bytes(data, self._settings)
+                after = os.fstat(fd)
+                unchanged = (after.st_size, after.st_mtime_ns) == (size, mtime_ns)
+                read_whole = verdict.sha256 is None or verdict.size_bytes == size
+                if unchanged and read_whole:
+                    # No bytes read means no content facts: those verdicts are retried.
+                    if verdict.sha256 is not None and pending is not None:
+                        pending.append((key, size, mtime_ns, verdict))
+                    elif verdict.sha256 is not None:
+                        self._cache.put(key, size, mtime_ns, verdict)
+                    return self._result(path, relative, size, mtime_ns, verdict)
+                status = after
+            return self._rejection(relative, "still being written", status)
+        finally:
+            os.close(fd)
+
+    def _open_inside(self, path: Path) -> int:
+        """Open a file for reading, proving through the descriptor that it is in the folder.
+
+        ``O_NOFOLLOW`` first; a symlink is then followed, and where the descriptor really
+        points (``/proc/self/fd``, else the inode of the resolved path) must be inside.
+        Raise ``OSError`` or ``_OutsideError``; the caller closes the descriptor.
+        """
+        try:
+            fd = os.open(path, _OPEN_FLAGS | _NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP or not _NOFOLLOW:
+                raise
+            fd = os.open(path, _OPEN_FLAGS)  # a symlink: followed, its target checked below
+        try:
+            where = _opened_path(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if where is None or not self._inside(where):
+            os.close(fd)
+            raise _OutsideError("symlink leaves the folder")
+        return fd
+
+    def _cache_key(self, name: str) -> str:
+        """Return the validation-cache key of an escaped relative name (valid UTF-8)."""
+        return f"{self._root_name}/{name}"
+
+    def _result(
+        self, path: Path, relative: str, size: int, mtime_ns: int, verdict: ImageVerdict
+    ) -> FileResult:
+        return FileResult(path, escape_name(relative), size, mtime_ns, verdict)
 
     def _rejection(
         self, relative: str, reason: str, status: os.stat_result | None = None
@@ -476,7 +591,7 @@ class Catalog:
         size = status.st_size if status else 0
         mtime_ns = status.st_mtime_ns if status else 0
         verdict = rejected_verdict(reason, size, self._settings.verdict_key)
-        return FileResult(self._root / relative, relative, size, mtime_ns, verdict)
+        return self._result(self._root / relative, relative, size, mtime_ns, verdict)
 
     def _fitted_copy(self, image: CatalogImage, data: bytes, fitted_dir: Path) -> FittedImage:
         """Return the stored fitted copy of ``image``, making and storing it the first time."""
@@ -500,7 +615,7 @@ class Catalog:
         self._log(
             "image.fitted",
             path=image.relative,
-            folder=str(self._root),
+            folder=self._root_name,
             source_format=fitted.source_format,
             source_bytes=fitted.source_bytes,
             source_width=fitted.source_width,
@@ -513,10 +628,10 @@ class Catalog:
         return fitted
 
     def _drop(self, relative: str, *, forget: bool = True) -> None:
-        image = self._images.pop(relative)
+        self._images.pop(relative)
         self._order = None
         if forget:
-            self._cache.forget(str(image.path))
+            self._cache.forget(self._cache_key(relative))
         self._log("image.removed", path=relative, folder=str(self._root))
 
     def _relative(self, path: Path) -> str | None:
@@ -533,6 +648,26 @@ class Catalog:
     def _inside(self, real: str) -> bool:
         root = str(self._root)
         return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _OutsideError(Exception):
+    """The opened file is not inside the catalog's folder (a symlink, maybe swapped in)."""
+
+
+def _opened_path(fd: int, path: Path) -> str | None:
+    """Return where an open descriptor points, or None if that cannot be told."""
+    try:
+        return os.readlink(_PROC_FD / str(fd))
+    except OSError:
+        pass
+    # No /proc: accept the resolved path only if it is the very file that was opened.
+    real = os.path.realpath(path)
+    opened = os.fstat(fd)
+    try:
+        there = os.stat(real, follow_symlinks=False)
+    except OSError:
+        return None
+    return real if (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino) else None
 
 
 def prune_fitted(fitted_dir: Path, keep: set[str]) -> list[str]:
@@ -562,7 +697,7 @@ def prune_fitted(fitted_dir: Path, keep: set[str]) -> list[str]:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # for the daemon's user only
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=_FITTED_TEMP_PREFIX)
     try:
         with os.fdopen(handle, "wb") as file:

@@ -47,6 +47,7 @@ from rotator.answers import (
 )
 from rotator.errors import ApiError, ApiReadError
 from rotator.outcomes import Outcome, OutcomeKind, TransportFailure, WriteAction
+from rotator.redaction import redact_optional
 
 # Names callers import from here; the answer-reading ones live in rotator.answers.
 __all__ = [
@@ -352,7 +353,7 @@ class XquikClient:
         return await self._poll(
             url,
             first_delay=poll_delay(answer, self._clock()),
-            request_id=answer.headers.get("x-request-id"),
+            request_id=redact_optional(answer.headers.get("x-request-id")),
             status=answer.status,
             # A write being verified is polled from scratch; a running one keeps its record.
             action=None if reading.verifying else reading.action,

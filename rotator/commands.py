@@ -30,13 +30,13 @@ from rotator.errors import (
     StateError,
     StateLockedError,
 )
-from rotator.images import FitSettings, describe, fit_image
+from rotator.images import FitSettings, describe, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.logs import add_secret, configure, emit
+from rotator.logs import add_secret, configure, emit, library_warning, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
-from rotator.state import StateStore, WriteRecord, read_heartbeat
+from rotator.state import StateStore, WriteRecord, check_state_file, read_heartbeat, state_exists
 from rotator.systemd import SystemdNotifier
 
 
@@ -71,12 +71,37 @@ def _live_heartbeat(
     return min(found, key=lambda item: item[0]) if found else None
 
 
+_FUTURE_TOLERANCE = 2.0  # seconds a heartbeat may seem ahead (file time rounding)
+
+
 def _is_fresh(age: float) -> bool:
-    return age <= 3 * HEARTBEAT_SECONDS
+    # A heartbeat dated in the future proves nothing (the clock went back, or a forgery).
+    return -_FUTURE_TOLERANCE <= age <= 3 * HEARTBEAT_SECONDS
 
 
 def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(_redacted(data), indent=2, default=str) + "\n")
+
+
+def _redacted(data: Any) -> Any:
+    """Return ``data`` with the key masked in every string (server text may echo it)."""
+    if isinstance(data, str):
+        return redact_text(data)
+    if isinstance(data, dict):
+        return {key: _redacted(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_redacted(value) for value in data]
+    return data
+
+
+def _register_key_quietly(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Register the key, if one can be found, so that it is masked in what is printed."""
+    try:
+        key = find_api_key(settings, environ)
+    except ConfigError:
+        return
+    if key is not None:
+        add_secret(key.reveal())
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -87,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     settings = _settings(args, environ)
     key = None if args.dry_run else _key(settings, environ)
+    os.umask(0o077)  # whatever the daemon creates (state, fitted copies) is for its user only
     configure(settings.log.level, settings.log.format)
+    set_library_sink(library_warning)
     if key is not None and key.warning:
         emit("config.warning", message=key.warning)
     notifier = SystemdNotifier.from_environment()
@@ -107,14 +134,17 @@ def rotate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
     key = None if args.dry_run else _key(settings, environ)
     configure(settings.log.level, settings.log.format)
+    set_library_sink(library_warning)
     results = asyncio.run(
         rotate_now(settings, key, entries, image=args.image, dry_run=args.dry_run)
     )
     for result in results:
         sys.stderr.write(
-            f"{result.account}: {result.kind}"
-            + (f" {result.image}" if result.image else "")
-            + (f" ({result.reason})" if result.reason and not result.ok else "")
+            redact_text(
+                f"{result.account}: {result.kind}"
+                + (f" {result.image}" if result.image else "")
+                + (f" ({result.reason})" if result.reason and not result.ok else "")
+            )
             + "\n"
         )
     return 0 if all(result.ok for result in results) else 1
@@ -132,7 +162,7 @@ def check(args: argparse.Namespace) -> int:
     catalogs = _scanned_catalogs(settings)
     for entry in settings.accounts:
         catalog = catalogs[entry.folder]
-        files = [_describe_usable(image, fits) for image in catalog.usable()]
+        files = [_describe_usable(catalog, image, fits) for image in catalog.usable()]
         files += [
             {"path": path, "state": "rejected", "detail": f"rejected: {reason}"}
             for path, reason in catalog.rejected()
@@ -176,16 +206,16 @@ def check(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        _print_check(report)
+        _print_check(_redacted(report))
     return 0 if report["ok"] else 1
 
 
-def _describe_usable(image: CatalogImage, fits: FitSettings) -> dict[str, str]:
+def _describe_usable(catalog: Catalog, image: CatalogImage, fits: FitSettings) -> dict[str, str]:
     """Return a usable file's line; one that needs fitting is fitted, to show the result."""
     if not image.verdict.needs_fit:
         return {"path": image.relative, "state": "ok", "detail": describe(image.verdict)}
     try:
-        fitted = fit_image(image.path, fits)
+        fitted = fit_image_bytes(catalog.read_image(image), fits)
     except ImageError as exc:
         return {"path": image.relative, "state": "rejected", "detail": f"rejected: {exc}"}
     return {"path": image.relative, "state": "fitted", "detail": describe(fitted)}
@@ -332,11 +362,11 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def _read_entries(settings: Settings) -> dict[str, Any]:
-    try:
-        with StateStore.open(settings.state_dir, lock=False, readonly=True) as state:
-            return {row.entry_id: row for row in state.entries()}
-    except StateError:
+    # No state yet: nothing has run. A state that cannot be read is an error (exit 2).
+    if not state_exists(settings.state_dir):
         return {}
+    with StateStore.open(settings.state_dir, lock=False, readonly=True) as state:
+        return {row.entry_id: row for row in state.entries()}
 
 
 def _next_times(
@@ -394,6 +424,7 @@ def status(args: argparse.Namespace) -> int:
     """Print what the state says of each entry: last success, image, next due, pauses."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    _register_key_quietly(settings, environ)
     now = _now()
     state_dir = settings.state_dir
     report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
@@ -405,15 +436,19 @@ def status(args: argparse.Namespace) -> int:
         report["daemon"] = "running (dry run)" if beat[2] else "running"
         raw = beat[1].get("next_due")
         next_due = raw if isinstance(raw, dict) and not beat[2] else {}
-    try:
+    rows: dict[str, Any] = {}
+    pauses: list[Any] = []
+    history: dict[str, Any] = {}
+    refused: list[tuple[str, str]] = []
+    pending: dict[str, Any] = {}
+    # No state yet is a fresh start; a state that cannot be read is an error, never "never".
+    if state_exists(state_dir):
         with StateStore.open(state_dir, lock=False, readonly=True) as state:
             rows = {row.entry_id: row for row in state.entries()}
             pauses = [p for p in state.pauses() if p.until > now]
             refused = state.refused_images()
             history = {row.entry_id: row for row in reversed(state.history(limit=500))}
             pending = _ledger(state, settings, now, report)
-    except StateError:
-        rows, pauses, history, refused, pending = {}, [], {}, [], {}
     # Not sent again until the file changes (its content hash with it).
     report["refused_images"] = [{"path": path, "code": code} for path, code in refused]
     for entry in settings.accounts:
@@ -451,7 +486,12 @@ def status(args: argparse.Namespace) -> int:
         )
     if args.json:
         _print_json(report)
-        return 0
+    else:
+        _print_status(_redacted(report), state_dir)
+    return 0
+
+
+def _print_status(report: dict[str, Any], state_dir: Path) -> None:
     out = sys.stdout
     out.write(f"daemon: {report['daemon']}  (state: {state_dir})\n")
     for item in report["entries"]:
@@ -474,7 +514,6 @@ def status(args: argparse.Namespace) -> int:
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
         out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
-    return 0
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -527,6 +566,10 @@ def health(args: argparse.Namespace) -> int:
     """Exit 0 when the running daemon's heartbeat is fresh, 1 otherwise, with one line."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    for dry_run in (False, True):
+        state_dir = state_dir_for(settings, dry_run=dry_run)
+        if state_exists(state_dir):
+            check_state_file(state_dir)  # a broken state is never "healthy"
     beat = _live_heartbeat(settings)
     if beat is None:
         sys.stdout.write(
@@ -534,6 +577,12 @@ def health(args: argparse.Namespace) -> int:
         )
         return 1
     age, summary, dry_run = beat
+    if age < -_FUTURE_TOLERANCE:
+        sys.stdout.write(
+            f"unhealthy: the last heartbeat is dated {-age:.0f}s in the future "
+            "(the clock went back, or it is not the daemon's)\n"
+        )
+        return 1
     if not _is_fresh(age):
         sys.stdout.write(
             f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)\n"

@@ -23,9 +23,10 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -62,6 +63,14 @@ from rotator.scheduling import Schedule, parse_schedule
 ENV_PREFIX = "ROTATOR_"
 CONFIG_ENV = "ROTATOR_CONFIG"
 DEFAULT_CONFIG = Path("rotator.toml")
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_NESTING = 16  # tables and lists inside one another; the config itself needs 3
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
+MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
+ENDPOINT_MAX_BYTES = 700 * 1024  # what the avatar endpoint accepts
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_X_USERNAME = re.compile(r"@?[A-Za-z0-9_]{1,15}")
+_MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
 
 
 # ---- value parsers (each raises ValueError with a user-facing message) ----
@@ -84,6 +93,32 @@ def _above_zero(seconds: float) -> float:
     return seconds
 
 
+def _at_most(limit: float) -> Callable[[float], float]:
+    """Return a validator refusing durations over ``limit`` seconds, naming the bound."""
+
+    def check(seconds: float) -> float:
+        if seconds > limit:
+            raise ValueError(f"must be at most {format_duration(limit)}")
+        return seconds
+
+    return check
+
+
+def _valid_host(host: str) -> bool:
+    """Tell whether ``host`` is an IP address or a DNS name that could resolve."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = ascii_host.removesuffix(".").split(".")
+    return len(ascii_host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -99,6 +134,8 @@ def _url(value: object, *, allow_loopback_http: bool) -> str | None:
     if not isinstance(value, str):
         raise ValueError("must be a string")
     url = value.strip().rstrip("/")
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError(f"{value!r} is not a valid URL (it contains a space or control character)")
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -107,6 +144,10 @@ def _url(value: object, *, allow_loopback_http: bool) -> str | None:
         raise ValueError(f"{value!r} is not a valid URL") from None
     if not host or parts.query or parts.fragment:
         raise ValueError(f"{value!r} is not a valid URL (a host, and no query or fragment)")
+    if not _valid_host(host):
+        raise ValueError(f"{value!r} is not a valid URL ({host!r} is not a host name)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{parts.scheme}://…@{host}: a URL must not carry a user or password")
     if parts.scheme == "https" or (
         allow_loopback_http and parts.scheme == "http" and _is_loopback(host)
     ):
@@ -132,7 +173,18 @@ def _path(value: object) -> Path | None:
         return None
     if not isinstance(value, str | Path):
         raise ValueError("must be a path (a string)")
-    path = Path(value).expanduser()
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    encoded = os.fsencode(text)
+    if len(encoded) > MAX_PATH_BYTES:
+        raise ValueError(f"is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise ValueError(f"has a name longer than {MAX_NAME_BYTES} bytes")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~nosuchuser"
+        raise ValueError(f"{text!r}: the home folder of that user is unknown") from None
     if not path.is_absolute():
         path = _load_context().base_dir / path
     # normpath, not resolve(): an entry's id must not change when a symlink is repointed.
@@ -162,9 +214,25 @@ def _listen(value: object) -> str | None:
     if not isinstance(value, str):
         raise ValueError("must be a string such as '127.0.0.1:9464'")
     host, sep, port = value.strip().rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port (e.g. '127.0.0.1:9464')")
+    if (
+        not sep
+        or not port.isascii()
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or not _listen_host(host)
+    ):
+        raise ValueError(f"{value!r} is not host:port (e.g. '127.0.0.1:9464' or '[::1]:9464')")
     return value.strip()
+
+
+def _listen_host(host: str) -> bool:
+    """Tell whether ``host`` can be bound: an IP (IPv6 in brackets) or a host name."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return isinstance(ipaddress.ip_address(host[1:-1]), ipaddress.IPv6Address)
+        except ValueError:
+            return False
+    return ":" not in host and bool(host) and _valid_host(host)
 
 
 def _account(value: object) -> str:
@@ -174,6 +242,10 @@ def _account(value: object) -> str:
         raise ValueError("must not be empty")
     if any(char.isspace() for char in value):
         raise ValueError(f"{value!r} must not contain whitespace")
+    if not _X_USERNAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an X username (1 to 15 letters, digits or _, maybe after @)"
+        )
     return value
 
 
@@ -205,6 +277,16 @@ def _zone(value: object) -> ZoneInfo:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_above_zero)]
 Integer = Annotated[int, BeforeValidator(_no_bool)]
+
+
+def _duration(limit: float, *, positive: bool = True) -> Any:
+    """Return a duration type (above zero unless told) of at most ``limit`` seconds."""
+    checks = [AfterValidator(_above_zero)] if positive else []
+    return Annotated[
+        float, BeforeValidator(parse_duration), *checks, AfterValidator(_at_most(limit))
+    ]
+
+
 Zone = Annotated[ZoneInfo, BeforeValidator(_zone)]
 
 
@@ -221,55 +303,57 @@ class ApiSection(_Section):
     base_url: Annotated[str, BeforeValidator(_base_url)] = "https://xquik.com/api/v1"
     key_file: Annotated[Path | None, BeforeValidator(_path)] = None
     key: Annotated[SecretStr | None, BeforeValidator(_secret)] = None
-    timeout: PositiveDuration = 30.0
+    timeout: _duration(10 * _MINUTE) = 30.0  # type: ignore[valid-type]
     upload: Annotated[Literal["file", "url"], BeforeValidator(_lower)] = "file"
     public_base_url: Annotated[str | None, BeforeValidator(_public_url)] = None
-    credits_per_call: Integer = Field(default=10, ge=0)
+    credits_per_call: Integer = Field(default=10, ge=0, le=1_000_000)
 
 
 class RateLimitSection(_Section):
     """At most ``writes`` writes in any ``window``, ``concurrency`` at once."""
 
-    writes: Integer = Field(default=30, ge=1)
-    window: PositiveDuration = 60.0
-    concurrency: Integer = Field(default=4, ge=1)
+    writes: Integer = Field(default=30, ge=1, le=100_000)
+    window: _duration(_DAY) = 60.0  # type: ignore[valid-type]
+    concurrency: Integer = Field(default=4, ge=1, le=64)
 
 
 class RetrySection(_Section):
     """Backoff for retryable failures of one write."""
 
-    initial: PositiveDuration = 5.0
-    max: PositiveDuration = 300.0
-    attempts: Integer = Field(default=4, ge=1)
+    initial: _duration(_DAY) = 5.0  # type: ignore[valid-type]
+    max: _duration(_DAY) = 300.0  # type: ignore[valid-type]
+    attempts: Integer = Field(default=4, ge=1, le=100)
 
 
 class PauseSection(_Section):
     """How long to pause after billing, account and key problems."""
 
-    credits: PositiveDuration = 900.0
-    account: PositiveDuration = 3600.0
-    auth: PositiveDuration = 900.0
-    max: PositiveDuration = 43200.0
+    credits: _duration(30 * _DAY) = 900.0  # type: ignore[valid-type]
+    account: _duration(30 * _DAY) = 3600.0  # type: ignore[valid-type]
+    auth: _duration(30 * _DAY) = 900.0  # type: ignore[valid-type]
+    max: _duration(30 * _DAY) = 43200.0  # type: ignore[valid-type]
 
 
 class WatchSection(_Section):
     """How image folders are watched."""
 
     mode: Annotated[Literal["auto", "native", "polling"], BeforeValidator(_lower)] = "auto"
-    settle: Duration = 2.0
-    poll_interval: PositiveDuration = 10.0
-    rescan: PositiveDuration = 600.0
+    settle: _duration(_HOUR, positive=False) = 2.0  # type: ignore[valid-type]
+    poll_interval: _duration(_HOUR) = 10.0  # type: ignore[valid-type]
+    rescan: _duration(7 * _DAY) = 600.0  # type: ignore[valid-type]
 
 
 class ImagesSection(_Section):
     """How images are checked and fitted before upload."""
 
     fit: Annotated[Literal["auto", "always", "off"], BeforeValidator(_lower)] = "auto"
-    size: Integer = Field(default=400, ge=16)
+    size: Integer = Field(default=400, ge=16, le=4096)
     crop: Annotated[Literal["center", "none"], BeforeValidator(_lower)] = "center"
-    max_bytes: Integer = Field(default=716800, ge=1)
-    max_source_bytes: Integer = Field(default=52428800, ge=1)
-    max_pixels: Integer = Field(default=40000000, ge=1)
+    max_bytes: Integer = Field(default=ENDPOINT_MAX_BYTES, ge=1024, le=ENDPOINT_MAX_BYTES)
+    max_source_bytes: Integer = Field(default=52428800, ge=1, le=1024**3)
+    max_pixels: Integer = Field(default=40000000, ge=1, le=1_000_000_000)
+    min_size: Integer = Field(default=100, ge=1, le=4096)
+    max_decoded_bytes: Integer = Field(default=128 * 1024**2, ge=1024**2, le=4 * 1024**3)
 
 
 class StateSection(_Section):
@@ -309,7 +393,7 @@ class AccountEntry(_Section):
     order: Annotated[Literal["sequential", "shuffle", "random"], BeforeValidator(_lower)] = (
         "sequential"
     )
-    jitter: Duration = 0.0
+    jitter: _duration(_DAY, positive=False) = 0.0  # type: ignore[valid-type]
     public_base_url: Annotated[str | None, BeforeValidator(_public_url)] = None
 
     @property
@@ -439,14 +523,16 @@ def _cross_problems(settings: Settings) -> list[str]:
             problems.append(
                 f"pause.max: must not be less than pause.{name} ({format_duration(seconds)})"
             )
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, Path], int] = {}
     for index, entry in enumerate(settings.accounts):
-        if entry.entry_id in seen:
+        # X usernames ignore case, and "@alice" is alice.
+        same = (entry.account.removeprefix("@").casefold(), entry.folder)
+        if same in seen:
             problems.append(
                 f"accounts[{index}]: same account {entry.account!r} and folder "
-                f"'{entry.folder}' as accounts[{seen[entry.entry_id]}]"
+                f"'{entry.folder}' as accounts[{seen[same]}]"
             )
-        seen.setdefault(entry.entry_id, index)
+        seen.setdefault(same, index)
         if settings.api.upload == "url" and settings.public_base_url_for(entry) is None:
             problems.append(
                 f"accounts[{index}].public_base_url: required when api.upload = 'url' "
@@ -540,15 +626,17 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     except ValidationError as exc:
         lines = format_errors(exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX)
         # from None: the chained ValidationError would carry input values, the key among them.
-        raise ConfigError(redact(lines, [data, from_env], environ)) from None
+        raise ConfigError(redact(lines, [data, from_env], environ, context.base_dir)) from None
     finally:
         _LOADING.reset(token)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_bytes().decode("utf-8")
-        return tomllib.loads(text)
+        text = _read_config_bytes(path).decode("utf-8").removeprefix("\ufeff")
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file not found") from exc
     except IsADirectoryError as exc:
@@ -559,6 +647,37 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: the file is not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    if _depth(data) > MAX_NESTING:
+        raise ConfigError(f"{path}: nested more than {MAX_NESTING} levels deep")
+    return data
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    """Read the config file; refuse a FIFO, a device or a huge file (they would hang us)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"{path}: is not a regular file (a pipe or a device?)")
+        data = os.pread(fd, MAX_CONFIG_BYTES + 1, 0)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KB; not a config file")
+    return data
+
+
+def _depth(value: object, level: int = 0) -> int:
+    """Return how deeply tables and lists nest in ``value`` (stops counting past the limit)."""
+    if level > MAX_NESTING:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(item, level + 1) for item in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(item, level + 1) for item in value), default=level + 1)
+    return level
 
 
 def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -579,11 +698,20 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
             )
             continue
         if not key:
+            kind = "an array" if section == "accounts" else "an object"
             try:
-                json.loads(value)
+                parsed = json.loads(value)
             except json.JSONDecodeError as exc:
-                kind = "an array" if section == "accounts" else "an object"
                 problems.append(f"{name}: must be {kind} in JSON ({exc.msg})")
+                continue
+            except RecursionError:
+                problems.append(f"{name}: nested too deeply")
+                continue
+            if not isinstance(parsed, list if section == "accounts" else dict):
+                problems.append(f"{name}: must be {kind} in JSON")
+                continue
+            if _depth(parsed) > MAX_NESTING:
+                problems.append(f"{name}: nested more than {MAX_NESTING} levels deep")
                 continue
         ours[name] = value
     return ours, problems

@@ -5,20 +5,35 @@ it through ``asyncio.to_thread``. A file is read once into memory (bounded by
 ``max_source_bytes``) and hashed and decoded from those bytes, so the hash and the
 verdict always describe the same version of a file that may be changing on disk.
 Decoding is serialised by a lock so at most one large image is in memory at a time.
+
+Memory: before anything is decoded, the header's size and mode say how much the pixels
+take (``width x height x bytes per pixel``). Over ``max_decoded_bytes`` a JPEG is decoded
+at 1/2, 1/4 or 1/8 scale (draft mode) and anything else is refused; fitting reduces the
+decoded image at once (``Image.reduce``), so a fit peaks near twice the budget.
+
+Warnings of Pillow (the ``warnings`` module) and of libtiff (written straight to file
+descriptor 2) during a decode are captured and handed to the sink set with
+``set_library_sink``, which logs them as ``library.log`` events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import stat
+import struct
+import tempfile
 import threading
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from rotator.errors import ImageError
 
@@ -44,6 +59,31 @@ _SHRINK_STEP = 0.8
 _MIN_SIDE = 16
 _MAX_KEPT_ICC = 64 * 1024
 _DECODE_LOCK = threading.Lock()
+_DRAFT_FACTORS = (2, 4, 8)  # the scales a JPEG decodes at for free
+# Image.reduce works on 8-bit bands and 32-bit I/F; not on "1", "P" or 16-bit modes.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBa", "La", "CMYK", "I", "F", "YCbCr"})
+_MAX_LIBRARY_LINES = 20
+_MAX_BMP_PPM = 1_000_000  # pixels per metre (25,400 dpi): more is a broken header
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+LibrarySink = Callable[[str, str], None]  # (library, message)
+_library_sink: LibrarySink | None = None
+
+
+def set_library_sink(sink: LibrarySink | None) -> None:
+    """Send warnings Pillow and libtiff give while decoding to ``sink(library, message)``."""
+    global _library_sink  # noqa: PLW0603 (one process-wide sink, set once at start)
+    _library_sink = sink
+
+
 _TIMES = "\N{MULTIPLICATION SIGN}"
 
 
@@ -57,13 +97,22 @@ class FitSettings:
     max_bytes: int = ENDPOINT_MAX_BYTES
     max_source_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 40_000_000
+    min_size: int = 1  # the config's default is 100; callers of the library choose
+    max_decoded_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.fit not in ("auto", "always", "off"):
             raise ValueError(f"fit must be auto, always or off, not {self.fit!r}")
         if self.crop not in ("center", "none"):
             raise ValueError(f"crop must be center or none, not {self.crop!r}")
-        for name in ("size", "max_bytes", "max_source_bytes", "max_pixels"):
+        for name in (
+            "size",
+            "max_bytes",
+            "max_source_bytes",
+            "max_pixels",
+            "min_size",
+            "max_decoded_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -72,7 +121,8 @@ class FitSettings:
         """Return a short hash of the settings a verdict depends on (not size or crop)."""
         return _short_hash(
             f"fit={self.fit}|max_bytes={self.max_bytes}|"
-            f"max_source_bytes={self.max_source_bytes}|max_pixels={self.max_pixels}"
+            f"max_source_bytes={self.max_source_bytes}|max_pixels={self.max_pixels}|"
+            f"min_size={self.min_size}|max_decoded_bytes={self.max_decoded_bytes}"
         )
 
     @property
@@ -182,25 +232,28 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
         return rejected(f"larger than max_source_bytes ({human_bytes(len(data))})")
     fmt: str | None = None
     size: tuple[int, int] | None = None
+    compression: object = None
     try:
-        with _DECODE_LOCK:
+        with _DECODE_LOCK, _library_output(_library_name(data)):
             with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as probe:
                 fmt = _format_name(probe.format)
                 size = probe.size
-                pixels = size[0] * size[1]
-                if pixels > settings.max_pixels:
-                    return rejected(
-                        f"decompression bomb: {_megapixels(pixels)} megapixels over the "
-                        f"{_megapixels(settings.max_pixels)} megapixel limit",
-                        fmt,
-                        size,
-                    )
+                compression = probe.info.get("compression")
+                refusal = _header_refusal(probe, fmt, data, settings)
+                if refusal is not None:
+                    return rejected(refusal, fmt, size)
                 # verify() walks every chunk and checksum (catches PNGs that load() accepts
                 # while their tail is missing); it leaves the image unusable, so reopen.
                 probe.verify()
             with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as image:
+                factor = _draft_factor(image, settings)
+                if factor > 1:
+                    image.draft(image.mode, (-(-size[0] // factor), -(-size[1] // factor)))
                 image.load()
                 transparent = image.has_transparency_data
+                refusal = _decoded_refusal(image, fmt)
+                if refusal is not None:
+                    return rejected(refusal, fmt, size)
     except UnidentifiedImageError:
         kind = "text file" if _looks_like_text(data) else "unknown or unsupported format"
         return rejected(f"not an image ({kind})")
@@ -208,8 +261,9 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
         return rejected("decompression bomb", fmt, size)
     except MemoryError:
         return rejected("too large to decode", fmt, size)
-    except Exception:  # Pillow raises many types on corrupt input
-        return rejected(f"truncated or corrupt {fmt.upper() if fmt else 'image'}", fmt, size)
+    except Exception as exc:  # Pillow raises many types on corrupt input
+        named = fmt or _sniff_format(data)
+        return rejected(_failure_reason(exc, named, compression), fmt, size)
 
     # Both are set before the decode can succeed.
     assert fmt is not None
@@ -349,21 +403,39 @@ def _read_bounded(path: Path, limit: int) -> tuple[bytes | None, str | None, int
     except OSError as exc:
         return None, f"unreadable: {(exc.strerror or str(exc)).lower()}", 0
     try:
+        return read_open_file(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def read_open_file(fd: int, limit: int) -> tuple[bytes | None, str | None, int]:
+    """Read an open regular file of at most ``limit`` bytes from its start (fd stays open).
+
+    Return (data, None, size) or (None, why, size). Only this descriptor is read, so the
+    bytes judged are the bytes of the file that was opened, whatever the path says now.
+    """
+    try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            os.close(fd)
             kind = " (a folder)" if stat.S_ISDIR(status.st_mode) else ""
             return None, f"not a regular file{kind}", 0
-        with os.fdopen(fd, "rb") as file:
-            if status.st_size > limit:
-                return None, _too_large(status.st_size, limit), status.st_size
-            data = file.read(limit + 1)
+        if status.st_size > limit:
+            return None, _too_large(status.st_size, limit), status.st_size
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.pread(fd, min(1 << 20, limit + 1 - total), total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
     except FileNotFoundError:
         return None, "vanished while reading", 0
     except PermissionError:
         return None, "unreadable: permission denied", 0
     except OSError as exc:
         return None, f"unreadable: {(exc.strerror or str(exc)).lower()}", 0
+    data = b"".join(chunks)
     if len(data) > limit:
         return None, _too_large(len(data), limit), len(data)
     return data, None, len(data)
@@ -374,22 +446,40 @@ def _too_large(size: int, limit: int) -> str:
 
 
 def _decode_for_fit(data: bytes, settings: FitSettings) -> tuple[Image.Image, bytes | None]:
-    """Decode the first frame upright, cropped and resized; return it (RGB/RGBA) and its ICC."""
-    with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as opened:
+    """Decode the first frame upright, cropped and resized; return it (RGB/RGBA) and its ICC.
+
+    The decoded frame is reduced by a whole factor straight away (JPEG: while decoding),
+    so no full-size copy is ever made by the steps after it.
+    """
+    with (
+        _library_output(_library_name(data)),
+        Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as opened,
+    ):
         opened.seek(0)
         width, height = opened.size
         short, long = min(width, height), max(width, height)
         scale = settings.size / (short if settings.crop == "center" else long)
-        if scale < 1:
+        factor = _draft_factor(opened, settings)
+        if scale < 1 or factor > 1:
             # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; draft never goes below this.
-            opened.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
+            target = min(scale, 1 / factor)
+            opened.draft(
+                None, (max(1, math.ceil(width * target)), max(1, math.ceil(height * target)))
+            )
         opened.load()
         icc = opened.info.get("icc_profile") if opened.mode in ("RGB", "RGBA", "P") else None
-        try:
-            upright = ImageOps.exif_transpose(opened)
-        except Exception:  # a broken EXIF block should not lose the picture
-            upright = opened.copy()
-    image = _to_rgb_or_rgba(upright)
+        orientation = _orientation(opened)
+        # Draft mode may have decoded it smaller already: reduce what is left to do.
+        decoded_short, decoded_long = min(opened.size), max(opened.size)
+        left = settings.size / (decoded_short if settings.crop == "center" else decoded_long)
+        whole = int(1 / left) if left < 1 else 1
+        image: Image.Image = opened.reduce(whole) if whole > 1 and _reducible(opened) else opened
+        if image is opened:
+            image = opened.copy()
+    transpose = _TRANSPOSE.get(orientation)
+    if transpose is not None:
+        image = image.transpose(transpose)
+    image = _to_rgb_or_rgba(image)
     if settings.crop == "center":
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
@@ -397,6 +487,233 @@ def _decode_for_fit(data: bytes, settings: FitSettings) -> tuple[Image.Image, by
     image = _shrink_to(image, settings.size)
     kept_icc = icc if isinstance(icc, bytes) and len(icc) <= _MAX_KEPT_ICC else None
     return image, kept_icc
+
+
+def _orientation(image: Image.Image) -> int:
+    """Return the EXIF orientation (1 when absent or unreadable: a broken EXIF block is no loss)."""
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _reducible(image: Image.Image) -> bool:
+    return image.mode in _REDUCIBLE_MODES
+
+
+def decode_cost(mode: str, fmt: str | None, width: int, height: int) -> int:
+    """Return the bytes decoding and fitting an image takes at its peak, from its header.
+
+    Pillow keeps ``bytes_per_pixel(mode)`` per pixel; a mode ``Image.reduce`` cannot work
+    on is converted to RGB at full size first (4 more); WebP and AVIF decoders hold the
+    frame twice more while handing it over (measured: bench/bench_memory.py).
+    """
+    per_pixel = bytes_per_pixel(mode)
+    if mode not in _REDUCIBLE_MODES:
+        per_pixel += 4
+    copies = 3 if fmt in ("webp", "avif") else 1
+    return width * height * per_pixel * copies
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """Return how many bytes Pillow keeps per pixel of ``mode`` (multi-band images use 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _draft_factor(image: Image.Image, settings: FitSettings) -> int:
+    """Return the JPEG scale-down (1, 2, 4 or 8) that keeps decoding within the budget."""
+    fmt = _format_name(image.format)
+    need = decode_cost(image.mode, fmt, *image.size)
+    if need <= settings.max_decoded_bytes or fmt != "jpeg":
+        return 1
+    for factor in _DRAFT_FACTORS:
+        if need // (factor * factor) <= settings.max_decoded_bytes:
+            return factor
+    return _DRAFT_FACTORS[-1]
+
+
+def _header_refusal(probe: Image.Image, fmt: str, data: bytes, settings: FitSettings) -> str | None:
+    """Return why the header alone rules the image out (size, memory, a broken BMP), or None."""
+    width, height = probe.size
+    if fmt == "bmp":
+        broken = _bmp_header_problem(data)
+        if broken is not None:
+            return f"malformed BMP: {broken}"
+    pixels = width * height
+    if pixels > settings.max_pixels:
+        return (
+            f"decompression bomb: {_megapixels(pixels)} megapixels over the "
+            f"{_megapixels(settings.max_pixels)} megapixel limit"
+        )
+    if min(width, height) < settings.min_size:
+        return (
+            f"too small: {width}{_TIMES}{height}, under the images.min_size of "
+            f"{settings.min_size} pixels"
+        )
+    need = decode_cost(probe.mode, fmt, width, height)
+    if need > settings.max_decoded_bytes:
+        smallest = need // (_DRAFT_FACTORS[-1] ** 2) if fmt == "jpeg" else need
+        if smallest > settings.max_decoded_bytes:
+            return (
+                f"needs about {human_bytes(need)} of memory to decode and fit "
+                f"({fmt.upper()} {probe.mode}), over the images.max_decoded_bytes budget of "
+                f"{human_bytes(settings.max_decoded_bytes)}"
+            )
+    return None
+
+
+def _decoded_refusal(image: Image.Image, fmt: str) -> str | None:
+    """Return what the decoded pixels show wrong (a BMP palette index past its end), or None."""
+    if fmt == "bmp" and image.mode == "P" and image.palette is not None:
+        colours = len(image.palette.colors) or len(image.palette.tobytes()) // 3
+        _, highest = image.getextrema()
+        if isinstance(highest, int) and colours and highest >= colours:
+            return f"malformed BMP: palette index {highest} past its {colours} colours"
+    return None
+
+
+def _bmp_header_problem(data: bytes) -> str | None:
+    """Return what is wrong in a BMP's headers that Pillow lets through, or None.
+
+    The checks follow the bmpsuite "bad" files of Pillow's own test corpus.
+    """
+    if len(data) < 54 or struct.unpack_from("<I", data, 14)[0] < 40:
+        return None  # an OS/2 header: too little to check
+    file_size = struct.unpack_from("<I", data, 2)[0]
+    width, height, planes, _bits, compression, image_size, x_ppm, y_ppm = struct.unpack_from(
+        "<iiHHIIii", data, 18
+    )
+    if file_size > len(data):
+        return f"header says {file_size} bytes, the file has {len(data)}"
+    if planes != 1:
+        return f"{planes} colour planes (must be 1)"
+    if width <= 0:
+        return f"width {width}"
+    if compression in (1, 2) and height < 0:
+        return "a top-down RLE bitmap (RLE must be bottom-up)"
+    if image_size > len(data):
+        return f"header says {image_size} bytes of pixels, the file has {len(data)}"
+    if not (0 <= x_ppm <= _MAX_BMP_PPM and 0 <= y_ppm <= _MAX_BMP_PPM):
+        return f"resolution {x_ppm}{_TIMES}{y_ppm} pixels per metre"
+    return None
+
+
+def _failure_reason(exc: Exception, fmt: str | None, compression: object = None) -> str:
+    """Name the real cause of a decode failure, in words a user can act on."""
+    name = fmt.upper() if fmt else "image"
+    text = str(exc)
+    lowered = text.lower()
+    if fmt == "tiff" and isinstance(compression, str) and compression not in _TIFF_BUILT_IN:
+        # libtiff fails with a bare "decoder error" when a codec was left out of its build.
+        return f"TIFF compression {compression!r} is not available in this build ({text})"
+    if "not available" in lowered and ("decoder" in lowered or "encoder" in lowered):
+        return f"{name} compression not available in this Pillow build ({text})"
+    if "text chunk" in lowered or "max_text_chunk" in lowered:
+        return f"{name} text chunk too large"
+    if "unsupported" in lowered or "not supported" in lowered:
+        return f"unsupported {name} variant ({text[:80]})"
+    return f"truncated or corrupt {name}"
+
+
+_TIFF_BUILT_IN = frozenset(
+    {
+        "raw",
+        "tiff_ccitt",
+        "group3",
+        "group4",
+        "tiff_lzw",
+        "tiff_jpeg",
+        "jpeg",
+        "tiff_adobe_deflate",
+        "tiff_raw_16",
+        "packbits",
+        "tiff_thunderscan",
+        "tiff_deflate",
+        "tiff_sgilog",
+        "tiff_sgilog24",
+    }
+)
+_MAGIC = (
+    (b"BM", "bmp"),
+    (b"\x89PNG", "png"),
+    (b"\xff\xd8", "jpeg"),
+    (b"GIF8", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """Name the format from the first bytes, for errors Pillow raises before it does."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _library_name(data: bytes) -> str:
+    return "libtiff" if data[:4] in (b"II*\x00", b"MM\x00*") else "Pillow"
+
+
+@contextlib.contextmanager
+def _library_output(library: str) -> Iterator[None]:
+    """Capture Pillow's warnings and what C libraries write to fd 2; hand them to the sink."""
+    lines: list[str] = []
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recorded, _stderr_captured(lines):
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                caught = list(recorded)
+    finally:
+        _hand_over(caught, lines, library)
+
+
+def _hand_over(caught: list[warnings.WarningMessage], lines: list[str], library: str) -> None:
+    """Give the captured warnings and output lines to the sink, each once, a few at most."""
+    messages = [("Pillow", f"{type(w.message).__name__}: {w.message}") for w in caught]
+    messages += [(library, line) for line in lines if line.strip()]
+    sink = _library_sink
+    if sink is None:
+        return
+    seen: set[str] = set()
+    for source, message in messages:
+        short = " ".join(message.split())[:300]
+        if short not in seen and len(seen) < _MAX_LIBRARY_LINES:
+            seen.add(short)
+            sink(source, short)
+
+
+@contextlib.contextmanager
+def _stderr_captured(lines: list[str]) -> Iterator[None]:
+    """Point fd 2 at a temporary file for the block, then collect its lines into ``lines``."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        capture = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with below)
+    except OSError:  # no writable temp dir (a read-only container): no capture
+        os.close(saved)
+        yield
+        return
+    with capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read(64 * 1024).decode("utf-8", "replace")
+            lines.extend(text.splitlines())
 
 
 def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:

@@ -10,16 +10,18 @@ they hold a secret, are masked.
 from __future__ import annotations
 
 import logging
+import re
 import sys
-import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from rotator import redaction
+
 Logger = structlog.typing.FilteringBoundLogger
 
-REDACTED = "[REDACTED]"
+REDACTED = redaction.REDACTED
 _SECRET_FIELD_NAMES = frozenset(
     {"api_key", "key_value", "x-api-key", "x_api_key", "authorization", "password", "secret"}
 )
@@ -30,8 +32,7 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _listeners: list[Callable[[Mapping[str, object]], None]] = []
 
 
@@ -48,24 +49,31 @@ def remove_listener(listener: Callable[[Mapping[str, object]], None]) -> None:
 
 def add_secret(value: str) -> None:
     """Register a value that must never appear in any log line (the API key)."""
-    if len(value) >= 4:  # masking a very short string would garble ordinary text
-        with _secrets_lock:
-            _secrets.add(value)
+    redaction.add_secret(value)
 
 
 def redact_text(text: str) -> str:
-    """Return ``text`` with every registered secret masked."""
-    with _secrets_lock:
-        secrets = tuple(_secrets)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    """Return ``text`` with every registered secret, and long fragments of it, masked."""
+    return redaction.redact(text)
+
+
+def _printable(text: str) -> str:
+    """Escape what cannot be written as UTF-8 (a file name's non-UTF-8 bytes: ``\\xe9``)."""
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(
+        lambda found: (
+            f"\\x{ord(found[0]) - 0xDC00:02x}"
+            if 0xDC80 <= ord(found[0]) <= 0xDCFF
+            else f"\\u{ord(found[0]):04x}"
+        ),
+        text,
+    )
 
 
 def _redact_value(value: object) -> object:
     if isinstance(value, str):
-        return redact_text(value)
+        return _printable(redact_text(value))
     if isinstance(value, dict):
         return {
             key: REDACTED if str(key).lower() in _SECRET_FIELD_NAMES else _redact_value(item)
@@ -159,7 +167,13 @@ EVENT_LEVELS = {
     "watch.fallback": "warning",
     "daemon.reload_failed": "error",
     "daemon.crashed": "error",
+    "library.log": "warning",
 }
+
+
+def library_warning(library: str, message: str) -> None:
+    """Log what a library said (a Pillow or libtiff warning) as a ``library.log`` event."""
+    emit("library.log", library=library, message=message)
 
 
 def emit(event: str, **fields: object) -> None:

@@ -288,7 +288,7 @@ class Rotator:
         if self.api.upload != "url" or rot.as_file or image is None or image.verdict.needs_fit:
             return None  # a fitted copy is not at the public URL
         base = (rot.entry.public_base_url or self.api.public_base_url or "").rstrip("/")
-        return f"{base}/{quote(image.relative)}"
+        return f"{base}/{quote(bytes(image.path.relative_to(rot.catalog.folder)))}"
 
     def _keep(self, rot: _Rotation, **changes: object) -> None:
         """Replace the write's record with what the server told, and persist it."""

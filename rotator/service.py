@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator import __version__
-from rotator.catalog import CacheEntry, Catalog, prune_fitted
+from rotator.catalog import CacheEntry, Catalog, escape_name, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
 from rotator.errors import ConfigError, RotatorError
@@ -76,6 +76,8 @@ def fit_settings(settings: Settings) -> FitSettings:
         max_bytes=images.max_bytes,
         max_source_bytes=images.max_source_bytes,
         max_pixels=images.max_pixels,
+        min_size=images.min_size,
+        max_decoded_bytes=images.max_decoded_bytes,
     )
 
 
@@ -759,7 +761,7 @@ def _forced_image(folder: Path, image: str | None) -> str | None:
     path = Path(image).expanduser().resolve()
     if not path.is_relative_to(folder):
         return None
-    return path.relative_to(folder).as_posix()
+    return escape_name(path.relative_to(folder).as_posix())
 
 
 def _rotator(

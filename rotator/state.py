@@ -26,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import sqlite3
+import stat
 import tempfile
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -38,11 +40,13 @@ from types import TracebackType
 from typing import Literal, Self
 
 from rotator.errors import StateError, StateLockedError, StateVersionError
+from rotator.redaction import redact, redact_optional, safe_code
 
 DB_NAME = "rotator.db"
 LOCK_NAME = "rotator.lock"
 HEARTBEAT_NAME = "heartbeat.json"
 HEARTBEAT_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 5000
 MAX_MESSAGE_CHARS = 500  # a proxy's HTML error page must not bloat the history
 MAX_LAST_ERROR_CHARS = 200
@@ -194,7 +198,8 @@ def _short(text: str, limit: int) -> str:
 
 
 def _error_line(code: str | None, message: str) -> str:
-    line = ": ".join(part for part in (code, message) if part) or "unknown error"
+    parts = (safe_code(code), redact(message))  # both may be a server's echo of the key
+    line = ": ".join(part for part in parts if part) or "unknown error"
     return _short(line, MAX_LAST_ERROR_CHARS)
 
 
@@ -223,12 +228,17 @@ class StateStore:
         state_dir = Path(state_dir)
         db_path = state_dir / DB_NAME
         if readonly:
-            if not db_path.is_file():
+            if not state_exists(state_dir):
                 raise StateError(f"no state yet at {state_dir}")
+            check_state_file(state_dir)
             return cls(state_dir, _connect(db_path, state_dir, readonly=True), None, True)
         _make_dir(state_dir)
         lock_fd = _take_lock(state_dir) if lock else None
         try:
+            if state_exists(state_dir):
+                check_state_file(state_dir)
+            else:
+                _create_db(db_path, state_dir)
             conn = _connect(db_path, state_dir, readonly=False)
         except BaseException:
             if lock_fd is not None:
@@ -668,7 +678,7 @@ class StateStore:
         with self._write() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO rejected_images VALUES (?, ?, ?, ?)",
-                (sha256, path, code, _time_text(now)),
+                (sha256, path, redact(code), _time_text(now)),
             )
 
     def rejected_by_server(self) -> dict[str, str]:
@@ -720,20 +730,111 @@ class StateStore:
 # --- connection, lock, schema --------------------------------------------------------------
 
 
+def state_exists(state_dir: Path) -> bool:
+    """Tell whether ``state_dir`` holds a state database (usable or not)."""
+    return os.path.lexists(Path(state_dir) / DB_NAME)
+
+
+def check_state_file(state_dir: Path) -> None:
+    """Refuse a database file that is empty, truncated to nothing or not SQLite at all.
+
+    Reads only the 100-byte header (no SQLite, no lock): ``health`` can afford it.
+    """
+    db_path = Path(state_dir) / DB_NAME
+    try:
+        fd = os.open(db_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StateError(f"the state database {db_path} is not a regular file")
+            header = os.pread(fd, 100, 0)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StateError(f"cannot read the state database {db_path}: {_os_text(exc)}") from None
+    if not header:
+        raise StateError(
+            f"the state database {db_path} is empty (0 bytes): the positions and history it "
+            "held are gone; restore it from a backup, or delete it to start afresh"
+        )
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StateError(
+            f"the state database {db_path} is not a SQLite database (truncated or overwritten): "
+            "restore it from a backup, or move it away to start afresh"
+        )
+    # The header's page count is valid when its two change counters agree (SQLite file format).
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] == header[92:96] and size < page_size * pages:
+        raise StateError(
+            f"the state database {db_path} is truncated ({size} of {page_size * pages} bytes): "
+            "restore it from a backup, or move it away to start afresh"
+        )
+
+
+def _os_text(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _write_problem(exc: OSError) -> str:
+    """Describe an OSError met opening state for writing, with what to check."""
+    why = _os_text(exc)
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        why += " (rotator must be able to write it: check its owner, mode and file system)"
+    return why
+
+
 def _make_dir(state_dir: Path) -> None:
     try:
         if not state_dir.is_dir():
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(state_dir, 0o700)  # mkdir's mode is only what the umask leaves
+        mode = os.stat(state_dir).st_mode
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot create the state directory {state_dir}: {exc}") from None
+    if not stat.S_ISDIR(mode):
+        raise StateError(f"the state directory {state_dir} is not a directory")
+    if mode & stat.S_IWOTH:
+        raise StateError(
+            f"the state directory {state_dir} is writable by other users "
+            f"(mode {stat.S_IMODE(mode):04o}): anyone could replace the state; chmod 700 it"
+        )
+
+
+def _create_db(db_path: Path, state_dir: Path) -> None:
+    """Create a new database under a temporary name and link it into place complete.
+
+    So a crash at any moment leaves either no database or one with its schema, never an
+    empty file that would look like lost state.
+    """
+    temporary = db_path.with_name(f".{DB_NAME}.new-{os.getpid()}")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.close(os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        conn = sqlite3.connect(str(temporary), isolation_level=None)
+        try:
+            _check_schema(conn, state_dir, readonly=False)
+        finally:
+            conn.close()
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.link(temporary, db_path)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot create the state database {db_path}: {exc}") from None
     except OSError as exc:
-        raise StateError(f"cannot create the state directory {state_dir}: {exc}") from exc
+        raise StateError(f"cannot create the state database {db_path}: {_os_text(exc)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
 
 
 def _take_lock(state_dir: Path) -> int:
     path = state_dir / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StateError(f"cannot open the lock file {path}: {exc}") from exc
+        raise StateError(f"cannot open the lock file {path}: {_write_problem(exc)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -756,8 +857,9 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
         if readonly:
             target = db_path.absolute().as_uri() + "?mode=ro"
         else:
-            # Create it 0600 ourselves: sqlite would follow the umask.
-            os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+            # The file exists (``_create_db``): open it for writing here, so a read-only
+            # database is one clear error now rather than a failed write later.
+            os.close(os.open(db_path, os.O_RDWR | os.O_CLOEXEC))
             target = str(db_path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, DDL included.
         conn = sqlite3.connect(target, uri=readonly, isolation_level=None, check_same_thread=False)
@@ -767,15 +869,42 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
         _check_schema(conn, state_dir, readonly=readonly)
+        _check_integrity(conn, db_path)
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
-        raise StateError(f"cannot use the state database {db_path}: {exc}") from exc
-    except (OSError, StateError):
+        hint = _database_hint(exc)
+        raise StateError(f"cannot use the state database {db_path}: {exc}{hint}") from None
+    except OSError as exc:
+        if conn is not None:
+            conn.close()
+        raise StateError(
+            f"cannot open the state database {db_path}: {_write_problem(exc)}"
+        ) from None
+    except StateError:
         if conn is not None:
             conn.close()
         raise
     return conn
+
+
+def _check_integrity(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Refuse a damaged database at once, rather than failing at some later write."""
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)").fetchall()]
+    if problems != ["ok"]:
+        raise StateError(
+            f"the state database {db_path} is damaged ({'; '.join(problems)[:200]}): restore "
+            "it from a backup, or move it away to start afresh"
+        )
+
+
+def _database_hint(exc: sqlite3.DatabaseError) -> str:
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return " (rotator must be able to write it: check its owner, mode and file system)"
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return " (restore it from a backup, or move it away to start afresh)"
+    return ""
 
 
 def _check_schema(conn: sqlite3.Connection, state_dir: Path, *, readonly: bool) -> None:
@@ -826,7 +955,9 @@ def _touch_entry(conn: sqlite3.Connection, entry_id: str, account: str) -> None:
 def _audit(conn: sqlite3.Connection, row: HistoryRow) -> None:
     fields = dataclasses.asdict(row)
     fields["time"] = _time_text(row.time)
-    fields["message"] = _short(row.message, MAX_MESSAGE_CHARS)
+    fields["message"] = _short(redact(row.message), MAX_MESSAGE_CHARS)
+    fields["error_code"] = safe_code(row.error_code)
+    fields["request_id"] = redact_optional(row.request_id)
     conn.execute(
         """INSERT INTO history (time, entry_id, account, image, sha256, source_sha256, outcome,
            error_code, status, request_id, message, attempt, duration_ms, action_id, credits)

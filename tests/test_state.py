@@ -160,9 +160,17 @@ def test_readonly_open_of_missing_state_says_no_state_yet(tmp_path: Path) -> Non
     assert not (tmp_path / "none").exists()
 
 
-def test_empty_database_file_is_initialised(tmp_path: Path) -> None:
-    """A zero-byte database (schema 0) is migrated forward to the current schema."""
+def test_empty_database_file_is_refused_with_how_to_recover(tmp_path: Path) -> None:
+    """A zero-byte database that existed (positions lost) is refused, not silently renewed."""
     (tmp_path / DB_NAME).write_bytes(b"")
+    for readonly in (False, True):
+        with pytest.raises(StateError, match=r"empty \(0 bytes\).*backup"):
+            StateStore.open(tmp_path, readonly=readonly)
+
+
+def test_schema_zero_database_is_migrated(tmp_path: Path) -> None:
+    """A SQLite file without our tables (schema 0) is migrated forward to the current schema."""
+    sqlite3.connect(tmp_path / DB_NAME).execute("CREATE TABLE unrelated (x)").connection.close()
     with StateStore.open(tmp_path) as store:
         success(store, "a.png", T0)
         assert store.entry(ENTRY).last_image == "a.png"
@@ -170,7 +178,7 @@ def test_empty_database_file_is_initialised(tmp_path: Path) -> None:
 
 def test_readonly_open_refuses_an_older_schema(tmp_path: Path) -> None:
     """A read-only open cannot migrate, so an old schema is refused with advice."""
-    (tmp_path / DB_NAME).write_bytes(b"")
+    sqlite3.connect(tmp_path / DB_NAME).execute("CREATE TABLE unrelated (x)").connection.close()
     with pytest.raises(StateError, match="start the daemon once"):
         StateStore.open(tmp_path, readonly=True)
 
@@ -196,7 +204,7 @@ def test_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
 def test_garbage_database_file_is_a_state_error(tmp_path: Path) -> None:
     """A file that is not SQLite is reported as an unusable state database."""
     (tmp_path / DB_NAME).write_bytes(b"this is not a database, just some text" * 100)
-    with pytest.raises(StateError, match="cannot use the state database"):
+    with pytest.raises(StateError, match="not a SQLite database"):
         StateStore.open(tmp_path)
 
 

@@ -58,6 +58,7 @@ def write_config(
         "pause": {"credits": "1s", "account": "1s", "auth": "1s", "max": "4s"},
         "watch": {"settle": "300ms", "poll_interval": "200ms", "rescan": "1m"},
         "state": {"dir": str(path.parent / "state")},
+        "images": {"min_size": 16},  # test images are small
     }
     for name, values in (sections or {}).items():
         merged.setdefault(name, {}).update(values)

@@ -1,0 +1,83 @@
+"""Keep the API key out of everything stored or printed, server echoes included.
+
+A hostile or broken server may echo the key back: as the error code, inside a message,
+in ``X-Request-Id``, split across lines. Every value that came from the server passes
+through here before it is stored (SQLite) or printed: error codes must look like codes
+(else ``"unknown"``), and any text has the key and every long fragment of it masked.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+
+REDACTED = "[REDACTED]"
+UNKNOWN_CODE = "unknown"
+FRAGMENT = 12  # a run of this many characters of the key is masked wherever it shows
+_MIN_SECRET = 4  # masking a very short string would garble ordinary text
+_CODE = re.compile(r"[a-z0-9_]{1,64}")
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def add_secret(value: str) -> None:
+    """Register a value (the API key) that must never be stored or printed."""
+    if len(value) >= _MIN_SECRET:
+        with _lock:
+            _secrets.add(value)
+
+
+def registered() -> tuple[str, ...]:
+    """Return the registered secrets."""
+    with _lock:
+        return tuple(_secrets)
+
+
+def redact(text: str, secrets: Iterable[str | None] = (), *, mask: str = REDACTED) -> str:
+    """Return ``text`` with the given and the registered secrets, and long fragments, masked."""
+    wanted = [s for s in (*secrets, *registered()) if isinstance(s, str) and len(s) >= _MIN_SECRET]
+    if not wanted or not text:
+        return text
+    masked = [False] * len(text)
+    for secret in wanted:
+        _mark(text, secret, masked)
+        if len(secret) > FRAGMENT:
+            fragments = {secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
+            for start in range(len(text) - FRAGMENT + 1):
+                if text[start : start + FRAGMENT] in fragments:
+                    masked[start : start + FRAGMENT] = [True] * FRAGMENT
+    if not any(masked):
+        return text
+    out: list[str] = []
+    for index, char in enumerate(text):
+        if not masked[index]:
+            out.append(char)
+        elif index == 0 or not masked[index - 1]:
+            out.append(mask)
+    return "".join(out)
+
+
+def _mark(text: str, secret: str, masked: list[bool]) -> None:
+    start = text.find(secret)
+    while start >= 0:
+        masked[start : start + len(secret)] = [True] * len(secret)
+        start = text.find(secret, start + 1)
+
+
+def redact_optional(text: object, secrets: Iterable[str | None] = ()) -> str | None:
+    """Return ``redact(str(text))``, or None for None (request ids, optional fields)."""
+    return None if text is None else redact(str(text), secrets)
+
+
+def safe_code(code: object) -> str | None:
+    """Return a server's error code if it looks like one (``^[a-z0-9_]{1,64}$``), else "unknown".
+
+    None stays None (no code given). Anything else (the key, a sentence, a newline) is
+    never stored or printed as a code.
+    """
+    if code is None:
+        return None
+    text = str(code)
+    return text if _CODE.fullmatch(text) and redact(text) == text else UNKNOWN_CODE
