@@ -419,8 +419,10 @@ class XquikClient:
                 problem = shorten(f"polling answered HTTP {answer.status}: {message}")
                 continue
             # A 4xx to a poll will not change by asking again; the write's fate is unknown.
+            # A refused key or account says nothing of the write: keep it, ask again later.
+            later = answer.status in {401, 402, 403} and action is not None
             return Outcome(
-                kind="uncertain",
+                kind="unresolved" if later else "uncertain",
                 status=answer.status,
                 code=code,
                 message=shorten(f"polling the write action failed: {message}"),

@@ -294,6 +294,7 @@ class Decision:
     pause_for: float = 0.0
     new_key: bool = False  # after a pause: the write did not happen, a new key is allowed
     refuse_image: bool = False  # remember the image as refused (its file must change)
+    move_on: bool = False  # give up AND move the position past the image (never resent as is)
     counts_as_try: bool = False
     detail: str = ""  # why a rotation is given up, for the log
 
@@ -386,6 +387,7 @@ def _decide_failed_record(
             action="give_up",
             scope="rotation",
             reason=reason,
+            move_on=True,
             detail="the server says the same request cannot succeed",
         )
     if pause.pause is not None:

@@ -511,6 +511,7 @@ class Rotator:
             now=now,
             action_id=action_id or None,
             credits=credits,
+            shown_in_cycle=self._position_after(rot).shown_in_cycle if decision.move_on else None,
         )
         emit(
             "avatar.failed",

@@ -442,11 +442,13 @@ class StateStore:
         duration_ms: int | None = None,
         action_id: str | None = None,
         credits: int | None = None,
+        shown_in_cycle: frozenset[str] | None = None,
     ) -> None:
         """Audit a failed attempt and set ``last_error``; the position does not move.
 
         ``keep_pending`` keeps the pending write (no answer came: replay it later with the
-        same Idempotency-Key); otherwise it is cleared.
+        same Idempotency-Key); otherwise it is cleared. With ``shown_in_cycle`` the
+        position moves past ``image`` (the server said that input cannot succeed).
         """
         self._record_unsuccessful(
             entry_id=entry_id,
@@ -464,6 +466,7 @@ class StateStore:
             now=now,
             keep_pending=keep_pending,
             uncertain=False,
+            moved_to=None if shown_in_cycle is None else (image, sha256, shown_in_cycle),
             action_id=action_id,
             credits=credits,
         )

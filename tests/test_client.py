@@ -385,6 +385,17 @@ def test_poll_answered_with_4xx_is_uncertain(fake_xquik: FakeXquik) -> None:
     assert outcome.status == 404
 
 
+def test_poll_refused_for_the_key_keeps_the_write_unresolved(fake_xquik: FakeXquik) -> None:
+    """A 401 to a poll says nothing of the write: unresolved (asked again later), not lost."""
+    fake_xquik.script(Reply(durable_pending=True))
+    body = {"error": "unauthenticated", "message": "Missing or invalid API key"}
+    fake_xquik.script_poll(Reply(status=401, json=body))
+    outcome = upload(fake_xquik, sleep=RecordedSleep())
+    assert (outcome.kind, outcome.code) == ("unresolved", "unauthenticated")
+    assert outcome.write_action is not None
+    assert len(fake_xquik.writes()) == 1
+
+
 def test_unconfirmed_with_nothing_to_poll_is_uncertain(fake_xquik: FakeXquik) -> None:
     """202 x_write_unconfirmed without a Location or action is uncertain, not resent."""
     fake_xquik.script(

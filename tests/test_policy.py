@@ -466,6 +466,7 @@ def test_failed_write_that_cannot_succeed_is_not_resent(
     )
     decision = run(durable("x_write_failed", 200, action), Attempt(tries=1))
     assert (decision.action, decision.scope) == ("give_up", "rotation")
+    assert decision.move_on  # the position moves past that input
 
 
 @pytest.mark.parametrize("code", ["x_image_invalid", "media_too_large", "unsupported_media_type"])

@@ -398,7 +398,8 @@ def test_expired_safe_to_retry_is_retried_now_under_a_new_key(rig: Rig) -> None:
 def test_a_write_that_cannot_succeed_is_not_resent(
     rig: Rig, retryable: bool, next_action: str | None
 ) -> None:
-    """retryable false or nextAction fix_request: given up, the same input is not resent."""
+    """retryable false or nextAction fix_request: given up, and the same input is not sent
+    again: the next rotation moves on to the next image."""
     rig.fake.script(
         Reply(
             durable_pending=True,
@@ -412,6 +413,8 @@ def test_a_write_that_cannot_succeed_is_not_resent(
     )
     assert rig.rotate().kind == "skipped"
     assert len(rig.fake.writes()) == 1
+    assert rig.rotate().image == "2.png"
+    assert [rig.sent_image(w) for w in rig.fake.writes()] == ["1.png", "2.png"]
 
 
 # -- images ------------------------------------------------------------------------------

@@ -898,3 +898,33 @@ def test_concurrency_limits_writes_in_flight(
     for index, write in enumerate(writes):
         unanswered = [w for w in writes[:index] if _gap(w, write) < 0.4]
         assert len(unanswered) < 2, f"write {index} arrived with {len(unanswered)} in flight"
+
+
+def test_a_write_left_running_by_kill_9_is_resumed_after_the_restart(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """kill -9 while a 202 write is polled: the restarted daemon polls that write (its id
+    kept in the state) and sends nothing new; the avatar changes once."""
+    fake_xquik.durable = True
+    config, pictures = _setup(tmp_path, fake_xquik, {"alice": "every 1h"})
+    fake_xquik.script(Reply(durable_pending=True, polls_until_terminal=3, retry_after="1"))
+    first = start_daemon(config)
+    fake_xquik.wait_for(lambda reqs: any(r.is_poll for r in reqs), 20, "a first poll")
+    first.kill()
+    second = start_daemon(config)
+    second.wait_for("avatar.uploaded", timeout=20)
+    assert second.stop() == 0
+
+    (write,) = fake_xquik.writes()
+    assert _image(write, pictures["alice"]) == "1.png"
+    assert write.response is not None
+    action_id = write.response.json["id"]
+    (resumed,) = second.named("write.resumed")
+    assert resumed["action_id"] == action_id
+    (uploaded,) = second.named("avatar.uploaded")
+    assert (uploaded["image"], uploaded["action_id"], uploaded["credits"]) == (
+        "1.png",
+        action_id,
+        10,
+    )
+    assert len(fake_xquik.applied_writes()) == 1
