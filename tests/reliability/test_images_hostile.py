@@ -77,6 +77,10 @@ def test_images_under_min_size_are_too_small() -> None:
     )
     gif = judge_image_bytes((CORPUS / "hopper.gif").read_bytes(), FitSettings(min_size=100))
     assert gif.usable  # 128x128
+    buffer = io.BytesIO()
+    Image.new("P", (1, 1)).save(buffer, "GIF")
+    tiny = judge_image_bytes(buffer.getvalue(), FitSettings(min_size=100))
+    assert str(tiny.reason).startswith("too small: 1")
 
 
 def test_library_warnings_are_captured_not_written_to_stderr(
