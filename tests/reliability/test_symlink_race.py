@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,3 +121,34 @@ def test_daemon_never_uploads_the_outside_image_during_a_swap_race(
 def _ignore(event: str, **fields: object) -> None:
     """Drop catalog events."""
     del event, fields
+
+
+def test_a_symlink_to_a_fifo_is_never_opened(tmp_path: Path) -> None:
+    """A FIFO behind a symlink (or dropped in the folder) is refused without being opened."""
+    folder = tmp_path / "img"
+    make_image(folder / "a.png", seed=1)
+    fifo = tmp_path / "outside.fifo"
+    os.mkfifo(fifo)
+    os.mkfifo(folder / "inside.png")
+    (folder / "link.png").symlink_to(fifo)
+    opened_by_someone = threading.Event()
+
+    def writer() -> None:
+        # Blocks until a reader opens the FIFO: that is what must not happen.
+        with open(fifo, "wb"):
+            opened_by_someone.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    catalog = Catalog(folder, FitSettings(), MemoryValidationCache(), _ignore)
+    catalog.apply_scan(catalog.scan())
+    result = catalog.inspect_path(folder / "link.png")
+    assert not opened_by_someone.wait(0.5), "the FIFO outside the folder was opened"
+    assert result is not None
+    assert result.verdict.reason == "symlink leaves the folder"
+    assert dict(catalog.rejected()) == {
+        "inside.png": "not a regular file",
+        "link.png": "symlink leaves the folder",
+    }
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release the writer
+    thread.join(5)
