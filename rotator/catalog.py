@@ -47,6 +47,7 @@ NaturalKey = tuple[tuple[tuple[str | int, ...], ...], str]
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _OPEN_FLAGS |= getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_PATH = getattr(os, "O_PATH", 0)
 _PROC_FD = Path("/proc/self/fd")
 
 
@@ -306,7 +307,7 @@ class Catalog:
             fd = self._open_inside(image.path)
         except OSError as exc:
             raise ImageError(f"{image.relative}: {_os_reason(exc)}") from None
-        except _OutsideError as exc:
+        except _RefusedError as exc:
             raise ImageError(f"{image.relative}: {exc}") from None
         try:
             data, reason, _ = read_open_file(fd, self._settings.max_source_bytes)
@@ -516,7 +517,7 @@ class Catalog:
             fd = self._open_inside(path)
         except FileNotFoundError:
             raise
-        except _OutsideError as exc:
+        except _RefusedError as exc:
             return self._rejection(relative, str(exc))
         except OSError as exc:
             if exc.errno == errno.ELOOP:
@@ -558,8 +559,13 @@ class Catalog:
 
         ``O_NOFOLLOW`` first; a symlink is then followed, and where the descriptor really
         points (``/proc/self/fd``, else the inode of the resolved path) must be inside.
-        Raise ``OSError`` or ``_OutsideError``; the caller closes the descriptor.
+        Where the system allows (Linux), the path is first opened with ``O_PATH``, which
+        follows symlinks but opens nothing for reading (no device or FIFO is touched), and
+        only a regular file proven inside is then opened, through that very descriptor.
+        Raise ``OSError`` or ``_RefusedError``; the caller closes the descriptor.
         """
+        if _O_PATH and _PROC_FD.is_dir():
+            return self._open_through_anchor(path)
         try:
             fd = os.open(path, _OPEN_FLAGS | _NOFOLLOW)
         except OSError as exc:
@@ -573,8 +579,21 @@ class Catalog:
             raise
         if where is None or not self._inside(where):
             os.close(fd)
-            raise _OutsideError("symlink leaves the folder")
+            raise _RefusedError("symlink leaves the folder")
         return fd
+
+    def _open_through_anchor(self, path: Path) -> int:
+        """Open ``path`` for reading only once an ``O_PATH`` descriptor proved it fit."""
+        anchor = os.open(path, _O_PATH | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not self._inside(os.readlink(_PROC_FD / str(anchor))):
+                raise _RefusedError("symlink leaves the folder")
+            if not stat.S_ISREG(os.fstat(anchor).st_mode):
+                raise _RefusedError("not a regular file")
+            # Reopening the magic link opens the very inode checked, whatever the path is now.
+            return os.open(_PROC_FD / str(anchor), _OPEN_FLAGS)
+        finally:
+            os.close(anchor)
 
     def _cache_key(self, name: str) -> str:
         """Return the validation-cache key of an escaped relative name (valid UTF-8)."""
@@ -650,8 +669,8 @@ class Catalog:
         return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-class _OutsideError(Exception):
-    """The opened file is not inside the catalog's folder (a symlink, maybe swapped in)."""
+class _RefusedError(Exception):
+    """The file is refused before reading: outside the folder (a symlink), or not a file."""
 
 
 def _opened_path(fd: int, path: Path) -> str | None:

@@ -7,6 +7,7 @@ Nothing a user did produces a traceback, and no message carries the API key.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -84,6 +85,10 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # A path from the environment may hold bytes that are not UTF-8: print them escaped.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         # Imported after parsing: --help, --version and usage errors stay quick.

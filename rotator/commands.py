@@ -18,7 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
+from rotator.catalog import (
+    Catalog,
+    CatalogImage,
+    MemoryValidationCache,
+    escape_name,
+    natural_key,
+)
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
 from rotator.durations import format_duration
@@ -181,7 +187,7 @@ def check(args: argparse.Namespace) -> int:
         report["entries"].append(
             {
                 "account": entry.account,
-                "folder": str(entry.folder),
+                "folder": escape_name(str(entry.folder)),
                 "schedule": entry.schedule.text,
                 "order": entry.order,
                 "usable": len(catalog.usable()),
@@ -461,7 +467,7 @@ def status(args: argparse.Namespace) -> int:
         report["entries"].append(
             {
                 "account": entry.account,
-                "folder": str(entry.folder),
+                "folder": escape_name(str(entry.folder)),
                 "schedule": entry.schedule.text,
                 "last_success": row.last_success.isoformat() if row and row.last_success else None,
                 "current_image": row.last_image if row else None,

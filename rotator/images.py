@@ -506,12 +506,12 @@ def decode_cost(mode: str, fmt: str | None, width: int, height: int) -> int:
     """Return the bytes decoding and fitting an image takes at its peak, from its header.
 
     Pillow keeps ``bytes_per_pixel(mode)`` per pixel; a mode ``Image.reduce`` cannot work
-    on is converted to RGB at full size first (4 more); WebP and AVIF decoders hold the
-    frame twice more while handing it over (measured: bench/bench_memory.py).
+    on is converted to RGB at full size and then cropped (8 more); WebP and AVIF decoders
+    hold the frame twice more while handing it over (measured: bench/bench_memory.py).
     """
     per_pixel = bytes_per_pixel(mode)
     if mode not in _REDUCIBLE_MODES:
-        per_pixel += 4
+        per_pixel += 8
     copies = 3 if fmt in ("webp", "avif") else 1
     return width * height * per_pixel * copies
 

@@ -125,3 +125,52 @@ def test_rotate_sends_a_non_utf8_name_chosen_by_path(tmp_path: Path, fake_xquik:
 def _ignore(event: str, **fields: object) -> None:
     """Drop catalog events."""
     del event, fields
+
+
+def test_a_non_utf8_folder_from_the_environment_is_shown_escaped(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """A folder named by ROTATOR_ACCOUNTS with non-UTF-8 bytes works in check and status."""
+    folder = _raw(tmp_path, b"\xe9t\xe9")
+    make_image(folder / "a.png", seed=1)
+    config = write_config(
+        tmp_path / "rotator.toml",
+        base_url=fake_xquik.base_url,
+        entries=[{"account": "alice", "folder": "unused", "schedule": "every 1h"}],
+    )
+    accounts = json.dumps(
+        [{"account": "alice", "folder": str(folder), "schedule": "every 1h"}], ensure_ascii=False
+    )
+    env = cli_env(fake_xquik.api_key, {"ROTATOR_ACCOUNTS": accounts})
+    for command in ("check", "status"):
+        done = run_cli(command, "--config", str(config), env=env)
+        assert done.returncode == 0, done.stderr
+        assert "\\xe9t\\xe9" in done.stdout
+        assert "Traceback" not in done.stderr
+
+
+def test_url_mode_quotes_the_raw_bytes_of_a_non_utf8_name(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """In url mode the URL carries the name's own bytes, percent-encoded (caf%E9.png)."""
+    folder = tmp_path / "img"
+    folder.mkdir()
+    make_image(_raw(folder, b"caf\xe9 1.png"), seed=1)
+    config = write_config(
+        tmp_path / "rotator.toml",
+        base_url=fake_xquik.base_url,
+        entries=[
+            {
+                "account": "alice",
+                "folder": "img",
+                "schedule": "every 1h",
+                "public_base_url": "https://cdn.example.com/a/",
+            }
+        ],
+        sections={"api": {"upload": "url"}},
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for("avatar.uploaded", timeout=20)
+    assert daemon.stop() == 0
+    (write,) = fake_xquik.writes("alice")
+    assert write.json == {"account": "alice", "url": "https://cdn.example.com/a/caf%E9%201.png"}
