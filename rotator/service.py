@@ -24,6 +24,7 @@ from rotator import __version__
 from rotator.catalog import CacheEntry, Catalog, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
+from rotator.cron import every_due
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
@@ -473,9 +474,9 @@ class Daemon:
                 # Missed while the daemon was down: run once now (coalesced), not once per miss.
                 self._on_due(entry.entry_id)
             return
-        when = now
-        if saved.last_success is not None:
-            when = max(now, saved.last_success + dt.timedelta(seconds=schedule.every))
+        # "every D" counts from the last rotation's end, a give-up too: the last attempt
+        # of a rotation that gave up is its end (kept in the state across restarts).
+        when = every_due(schedule.every, now, saved.last_success, saved.last_attempt)
         self.scheduler.schedule_at(entry.entry_id, when + self._jitter(entry))
 
     def _jitter(self, entry: AccountEntry) -> dt.timedelta:

@@ -117,7 +117,7 @@ CASES = [
     ),
     pytest.param(
         _config_text(entries=(ENTRY.replace("every 6h", "61 * * * *"),)),
-        ["accounts[0].schedule: '61 * * * *' is not a valid cron expression"],
+        ['accounts[0].schedule: "61 * * * *" is not a valid cron expression'],
         id="bad-cron",
     ),
     pytest.param(
@@ -162,7 +162,7 @@ CASES = [
         ),
         [
             "retry.attemps: unknown key",
-            "accounts[0].schedule: '61 * * * *' is not a valid cron expression",
+            'accounts[0].schedule: "61 * * * *" is not a valid cron expression',
             "accounts[0].timezone: 'Nowhere' is not a known IANA time zone",
         ],
         id="three-problems-three-lines",
