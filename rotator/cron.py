@@ -24,6 +24,7 @@ import bisect
 import calendar
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
@@ -88,11 +89,15 @@ class CronExpression:
         """Tell whether the job runs on a calendar day (month and day fields)."""
         if day.month not in self.months:
             return False
-        in_days = day.day in self.days
-        in_weekdays = (day.weekday() + 1) % 7 in self.weekdays
+        return self.matches_day_of(day.day, (day.weekday() + 1) % 7)
+
+    def matches_day_of(self, day: int, weekday: int) -> bool:
+        """Tell whether the day fields match a day of the month and a weekday (0 = Sunday)."""
+        in_days = day in self.days
+        in_weekdays = weekday in self.weekdays
         return in_days or in_weekdays if self.either_day else in_days and in_weekdays
 
-    @property
+    @functools.cached_property
     def times_of_day(self) -> tuple[int, ...]:
         """Return the minutes after midnight at which the job runs, in order."""
         return tuple(sorted(hour * 60 + minute for hour in self.hours for minute in self.minutes))
@@ -319,17 +324,32 @@ def fire_times(
 def calls_per_day(expression: CronExpression, start: dt.date, days: int = 1461) -> float:
     """Return the average runs per day over ``days`` days from ``start`` (4 years: leap days).
 
-    Counted from the day fields and the times of day, without listing instants; DST
-    days (one run more or less for wildcard jobs) are not singled out.
+    Counted month by month from the day fields and the times of day, without listing
+    instants; DST days (one run more or less for wildcard jobs) are not singled out.
     """
-    matching = counted = 0
-    day = start
-    while counted < days:
-        matching += expression.matches_day(day)
-        counted += 1
-        if day == dt.date.max:
+    try:
+        end = start + dt.timedelta(days=days)  # exclusive
+    except OverflowError:
+        end = dt.date.max
+    counted = max(1, (end - start).days)
+    matching = 0
+    counts: dict[tuple[int, int, int], int] = {}  # (weekday of the 1st, first, last day)
+    month_start = start.replace(day=1)
+    while month_start < end:
+        length = calendar.monthrange(month_start.year, month_start.month)[1]
+        if month_start.month in expression.months:
+            first = start.day if month_start <= start else 1
+            last = min(length, (end - month_start).days)
+            key = ((month_start.weekday() + 1) % 7, first, last)
+            if key not in counts:
+                counts[key] = sum(
+                    expression.matches_day_of(day, (key[0] + day - 1) % 7)
+                    for day in range(first, last + 1)
+                )
+            matching += counts[key]
+        if month_start.year == _LAST_YEAR and month_start.month == 12:
             break
-        day += dt.timedelta(days=1)
+        month_start += dt.timedelta(days=length)
     return matching * len(expression.times_of_day) / counted
 
 
