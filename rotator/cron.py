@@ -98,6 +98,11 @@ class CronExpression:
         return in_days or in_weekdays if self.either_day else in_days and in_weekdays
 
     @functools.cached_property
+    def days_in_order(self) -> tuple[int, ...]:
+        """Return the days of the month of the day-of-month field, in order."""
+        return tuple(sorted(self.days))
+
+    @functools.cached_property
     def times_of_day(self) -> tuple[int, ...]:
         """Return the minutes after midnight at which the job runs, in order."""
         return tuple(sorted(hour * 60 + minute for hour in self.hours for minute in self.minutes))
@@ -379,27 +384,27 @@ def _naive_local(zone: ZoneInfo | dt.tzinfo, instant: dt.datetime) -> dt.datetim
 def _wall_matches(expression: CronExpression, start: dt.datetime) -> Iterator[dt.datetime]:
     """Yield the wall-clock minutes at or after ``start`` that match, in order."""
     times = expression.times_of_day
-    day = start.date()
-    skip_before = start.hour * 60 + start.minute
-    while True:
-        if day.month not in expression.months:
-            if day.year == _LAST_YEAR and day.month == 12:
-                return
-            day = (
-                dt.date(day.year + 1, 1, 1)
-                if day.month == 12
-                else dt.date(day.year, day.month + 1, 1)
+    days = expression.days_in_order
+    year, month, first_day = start.year, start.month, start.day
+    skip_before = start.hour * 60 + start.minute  # on the start day only
+    while year <= _LAST_YEAR:
+        if month in expression.months:
+            length = calendar.monthrange(year, month)[1]
+            # Both day fields must match: only the listed days of the month can.
+            candidates = (
+                range(first_day, length + 1)
+                if expression.either_day
+                else days[bisect.bisect_left(days, first_day) : bisect.bisect_right(days, length)]
             )
-            skip_before = 0
-            continue
-        if expression.matches_day(day):
-            midnight = dt.datetime(day.year, day.month, day.day)
-            for minute in times[bisect.bisect_left(times, skip_before) :]:
-                yield midnight + dt.timedelta(minutes=minute)
-        if day == dt.date.max:
-            return
-        day += dt.timedelta(days=1)
-        skip_before = 0
+            weekday_of_first = (dt.date(year, month, 1).weekday() + 1) % 7
+            for day in candidates:
+                if expression.matches_day_of(day, (weekday_of_first + day - 1) % 7):
+                    midnight = dt.datetime(year, month, day)
+                    skip = skip_before if day == first_day else 0
+                    for minute in times[bisect.bisect_left(times, skip) :]:
+                        yield midnight + dt.timedelta(minutes=minute)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        first_day, skip_before = 1, 0
 
 
 def _instants(
