@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
-from rotator.cron import calls_per_day, every_due
+from rotator.cron import calls_per_day, every_due, local_date
 from rotator.durations import format_duration
 from rotator.errors import (
     ConfigError,
@@ -383,14 +383,22 @@ def _next_times(
     first = every_due(
         every, now, saved.last_success if saved else None, saved.last_attempt if saved else None
     )
-    return [first + dt.timedelta(seconds=every * n) for n in range(count)]
+    times: list[dt.datetime] = []
+    for n in range(count):
+        try:
+            when = first + dt.timedelta(seconds=every * n)
+            when.astimezone(entry.timezone)  # shown in the entry's zone
+        except OverflowError:  # beyond the years 1-9999 in UTC or in the zone
+            continue
+        times.append(when)
+    return times
 
 
 def _calls_per_day(entry: AccountEntry, now: dt.datetime) -> float:
     every, cron = entry.schedule.every, entry.schedule.cron
     if cron is None:
         return 86400.0 / every if every else 0.0
-    return calls_per_day(cron, now.astimezone(entry.timezone).date())
+    return calls_per_day(cron, local_date(entry.timezone, now))
 
 
 # -- status --------------------------------------------------------------------------------

@@ -369,6 +369,11 @@ def every_due(every: float, now: dt.datetime, *ended: dt.datetime | None) -> dt.
     return max(now, max(known) + dt.timedelta(seconds=every))
 
 
+def local_date(zone: ZoneInfo | dt.tzinfo, instant: dt.datetime) -> dt.date:
+    """Return the calendar date of an instant in a zone (the UTC date at the calendar's ends)."""
+    return _naive_local(zone, instant).date()
+
+
 def _offset(zone: ZoneInfo | dt.tzinfo, instant: dt.datetime) -> dt.timedelta:
     offset = instant.astimezone(zone).utcoffset()
     return offset if offset is not None else dt.timedelta()

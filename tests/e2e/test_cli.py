@@ -566,6 +566,32 @@ def test_plan_from_spring_forward_in_text(tmp_path: Path, fake_xquik: FakeXquik)
     ]
 
 
+@pytest.mark.parametrize("start", ["9999-12-31T23:00:00Z", "0001-01-01T00:00:00Z"])
+def test_plan_from_the_ends_of_the_calendar_never_overflows(
+    tmp_path: Path, fake_xquik: FakeXquik, start: str
+) -> None:
+    """plan --from at year 1 or 9999, in zones either side of UTC: exit 0, no traceback."""
+    make_image(tmp_path / "pics" / "a.png", seed=1)
+    entries = [
+        {"account": f"u{n}", "folder": "pics", "schedule": schedule, "timezone": zone}
+        for n, (schedule, zone) in enumerate(
+            itertools.product(
+                ["59 23 31 12 *", "* * * * *", "every 1h"],
+                ["America/New_York", "Australia/Lord_Howe"],
+            )
+        )
+    ]
+    config = write_config(tmp_path / "rotator.toml", base_url=fake_xquik.base_url, entries=entries)
+    result = _cli(config, "plan", "--from", start, "--json", env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["entries"]) == len(entries)
+    for item in report["entries"]:
+        assert len(item["instants"]) <= 5
+        for when in item["instants"]:
+            assert dt.datetime.fromisoformat(when) >= dt.datetime.fromisoformat(start)
+
+
 @pytest.mark.parametrize("value", ["2026-03-08T06:00", "yesterday", "2026-13-01T00:00Z"])
 def test_plan_from_needs_an_instant_with_an_offset(
     tmp_path: Path, fake_xquik: FakeXquik, value: str
