@@ -304,8 +304,8 @@ def next_fire(
     for wall in _wall_matches(expression, start):
         try:
             first, second = _instants(expression, zone, wall)
-        except OverflowError:
-            break
+        except OverflowError:  # a wall time whose instant is before year 1 or after 9999
+            continue
         if second is not None and second > after and (best is None or second < best):
             best = second
         if first is not None and first > after:
