@@ -474,9 +474,9 @@ class Daemon:
                 # Missed while the daemon was down: run once now (coalesced), not once per miss.
                 self._on_due(entry.entry_id)
             return
-        # "every D" counts from the last rotation's end, a give-up too: the last attempt
-        # of a rotation that gave up is its end (kept in the state across restarts).
-        when = every_due(schedule.every, now, saved.last_success, saved.last_attempt)
+        # "every D" counts from the last rotation's end, a give-up too (across restarts).
+        give_up = self.state.last_give_up(entry.entry_id)
+        when = every_due(schedule.every, now, saved.last_success, give_up)
         self.scheduler.schedule_at(entry.entry_id, when + self._jitter(entry))
 
     def _jitter(self, entry: AccountEntry) -> dt.timedelta:
