@@ -295,14 +295,14 @@ def plan(args: argparse.Namespace) -> int:
     per_day = 0.0
     for entry in settings.accounts:
         names = [image.relative for image in catalogs[entry.folder].usable()]
-        state, give_up = saved.get(entry.entry_id, (None, None))
+        state = saved.get(entry.entry_id)
         position = Position(
             last_image=state.last_image if state else None,
             shown_in_cycle=state.shown_in_cycle if state else frozenset(),
         )
         rng = random.Random(0)  # noqa: S311 - a preview, not a promise
         images: list[str | None] = []
-        times = _next_times(entry, start, state, give_up, args.count)
+        times = _next_times(entry, start, state, args.count)
         for _ in times:
             image = next_image(entry.order, names, position, rng, sort_key=natural_key)
             images.append(image)
@@ -364,32 +364,25 @@ def _print_plan(report: dict[str, Any]) -> None:
     )
 
 
-def _read_entries(settings: Settings) -> dict[str, tuple[EntryState, dt.datetime | None]]:
-    """Return each entry's saved state and last give-up, from the state (read-only)."""
+def _read_entries(settings: Settings) -> dict[str, EntryState]:
     try:
         with StateStore.open(settings.state_dir, lock=False, readonly=True) as state:
-            return _entries_and_give_ups(state)
+            return {row.entry_id: row for row in state.entries()}
     except StateError:
         return {}
 
 
-def _entries_and_give_ups(state: StateStore) -> dict[str, tuple[EntryState, dt.datetime | None]]:
-    return {row.entry_id: (row, state.last_give_up(row.entry_id)) for row in state.entries()}
-
-
 def _next_times(
-    entry: AccountEntry,
-    now: dt.datetime,
-    saved: EntryState | None,
-    give_up: dt.datetime | None,
-    count: int,
+    entry: AccountEntry, now: dt.datetime, saved: EntryState | None, count: int
 ) -> list[dt.datetime]:
     """Return an entry's next ``count`` rotation times after ``now``, as the daemon keeps them."""
     every = entry.schedule.every
     if every is None:
         return cron_fire_times(entry.schedule, entry.timezone, now, count)
     # "every D": D after the last rotation's end, a success or a give-up (as the daemon).
-    first = every_due(every, now, saved.last_success if saved else None, give_up)
+    first = every_due(
+        every, now, saved.last_success if saved else None, saved.last_fire if saved else None
+    )
     times: list[dt.datetime] = []
     for n in range(count):
         try:
@@ -428,7 +421,7 @@ def status(args: argparse.Namespace) -> int:
         next_due = raw if isinstance(raw, dict) and not beat[2] else {}
     try:
         with StateStore.open(state_dir, lock=False, readonly=True) as state:
-            rows = _entries_and_give_ups(state)
+            rows = {row.entry_id: row for row in state.entries()}
             pauses = [p for p in state.pauses() if p.until > now]
             refused = state.refused_images()
             history = {row.entry_id: row for row in reversed(state.history(limit=500))}
@@ -437,10 +430,10 @@ def status(args: argparse.Namespace) -> int:
     # Not sent again until the file changes (its content hash with it).
     report["refused_images"] = [{"path": path, "code": code} for path, code in refused]
     for entry in settings.accounts:
-        row, give_up = rows.get(entry.entry_id, (None, None))
+        row = rows.get(entry.entry_id)
         due = next_due.get(entry.entry_id)
         if due is None:
-            times = _next_times(entry, now, row, give_up, 1)
+            times = _next_times(entry, now, row, 1)
             due = times[0].isoformat() if times else None
         last = history.get(entry.entry_id)
         report["entries"].append(

@@ -323,21 +323,6 @@ class StateStore:
         row["started"] = _time_value(row["started"])
         return PendingWrite(**row)
 
-    def last_give_up(self, entry_id: str) -> dt.datetime | None:
-        """Return when the entry's last rotation ended without success, or None.
-
-        That is its last failed attempt, unless a success came later or a write is still
-        pending (a rotation cut short, to be replayed, did not give up).
-        """
-        saved = self.entry(entry_id)
-        if saved.last_error is None or saved.last_attempt is None:
-            return None
-        if saved.last_success is not None and saved.last_success >= saved.last_attempt:
-            return None
-        if self.pending_write(entry_id) is not None:
-            return None
-        return saved.last_attempt
-
     def record_success(
         self,
         *,

@@ -756,20 +756,3 @@ def test_heartbeat_in_missing_dir_is_a_state_error(tmp_path: Path) -> None:
     """Writing a heartbeat where the directory is gone raises StateError."""
     with pytest.raises(StateError, match="heartbeat"):
         write_heartbeat(tmp_path / "gone", T0, {})
-
-
-def test_last_give_up_is_the_last_failed_attempt_of_an_ended_rotation(tmp_path: Path) -> None:
-    """Prove last_give_up: a failure after the last success, unless a write is still pending."""
-    with StateStore.open(tmp_path) as store:
-        assert store.last_give_up(ENTRY) is None
-        success(store, "a.png", at(0))
-        assert store.last_give_up(ENTRY) is None
-        begin(store, "b.png", "k1", at(10))
-        failure(store, at(11))
-        assert store.last_give_up(ENTRY) == at(11)
-        begin(store, "b.png", "k2", at(20))  # cut short by a crash: to replay, not given up
-        assert store.last_give_up(ENTRY) is None
-        failure(store, at(21), keep_pending=True)
-        assert store.last_give_up(ENTRY) is None
-        success(store, "b.png", at(30))
-        assert store.last_give_up(ENTRY) is None
