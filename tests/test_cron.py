@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import subprocess
+import sys
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -571,3 +573,12 @@ def test_star_rule_sets_the_job_kind_and_day_logic(
 def test_a_step_larger_than_the_range_is_accepted_like_cronie() -> None:
     """Prove '*/100' is accepted (cronie only warns) and means the first value."""
     assert parse_cron("*/100 * * * *").minutes == {0}
+
+
+def test_config_validates_schedules_without_importing_apscheduler() -> None:
+    """Prove loading rotator.config (and so rotator.cron) leaves APScheduler unimported."""
+    code = "import sys, rotator.config; print('apscheduler' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
