@@ -334,9 +334,10 @@ def calls_per_day(expression: CronExpression, start: dt.date, days: int = 1461) 
     """
     try:
         end = start + dt.timedelta(days=days)  # exclusive
-    except OverflowError:
-        end = dt.date.max
-    counted = max(1, (end - start).days)
+        tail = 0
+    except OverflowError:  # up to the calendar's last day, included
+        end, tail = dt.date.max, 1
+    counted = (end - start).days + tail
     matching = 0
     counts: dict[tuple[int, int, int], int] = {}  # (weekday of the 1st, first, last day)
     month_start = start.replace(day=1)
@@ -344,7 +345,7 @@ def calls_per_day(expression: CronExpression, start: dt.date, days: int = 1461) 
         length = calendar.monthrange(month_start.year, month_start.month)[1]
         if month_start.month in expression.months:
             first = start.day if month_start <= start else 1
-            last = min(length, (end - month_start).days)
+            last = min(length, (end - month_start).days + tail)
             key = ((month_start.weekday() + 1) % 7, first, last)
             if key not in counts:
                 counts[key] = sum(

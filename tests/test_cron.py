@@ -473,6 +473,8 @@ def test_missed_run_inside_a_skipped_hour_is_seen_at_start() -> None:
         # 2026-01-01 .. 2029-12-31 holds four 31 Decembers and one 29 February.
         ("59 23 31 12 *", dt.date(2026, 1, 1), 4 / 1461),
         ("0 0 29 2 *", dt.date(2026, 1, 1), 1 / 1461),
+        # The calendar ends on 9999-12-31: two days left, both counted.
+        ("0 12 * * *", dt.date(9999, 12, 30), 1.0),
     ],
 )
 def test_calls_per_day_are_counted_without_listing_instants(
