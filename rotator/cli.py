@@ -7,6 +7,7 @@ Nothing a user did produces a traceback, and no message carries the API key.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import io
 import sys
 import traceback
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = command("plan", "show the next rotations and what they cost")
     plan.add_argument("--count", type=_positive_int, default=5, metavar="N")
+    plan.add_argument(
+        "--from",
+        dest="start",
+        type=_instant,
+        metavar="INSTANT",
+        help="plan from this ISO 8601 instant with its offset (default: now)",
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON for tools")
 
     rotate = command("rotate", "rotate now, once, then exit")
     rotate.add_argument("--account", metavar="NAME", help="only this account's entries")
@@ -80,6 +89,20 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _instant(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 instant (such as 2026-03-08T06:30Z)"
+        ) from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset (write it as 2026-03-08T06:30Z or ...-05:00)"
+        )
     return value
 
 

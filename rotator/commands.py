@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 from rotator.catalog import (
     Catalog,
@@ -27,6 +28,7 @@ from rotator.catalog import (
 )
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
+from rotator.cron import calls_per_day, every_due, local_date
 from rotator.durations import format_duration
 from rotator.errors import (
     ConfigError,
@@ -42,7 +44,14 @@ from rotator.logs import add_secret, configure, emit, library_warning, redact_te
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
-from rotator.state import StateStore, WriteRecord, check_state_file, read_heartbeat, state_exists
+from rotator.state import (
+    EntryState,
+    StateStore,
+    WriteRecord,
+    check_state_file,
+    read_heartbeat,
+    state_exists,
+)
 from rotator.systemd import SystemdNotifier
 
 
@@ -322,52 +331,86 @@ async def _check_online(settings: Settings, key: ApiKey) -> dict[str, Any]:
 
 
 def plan(args: argparse.Namespace) -> int:
-    """Print the next rotations of every entry and what they cost."""
+    """Print the next rotations of every entry after ``--from`` (default now) and their cost."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    now = _now()
+    start: dt.datetime = getattr(args, "start", None) or _now()
     saved = _read_entries(settings)
     catalogs = _scanned_catalogs(settings)
-    total_per_day = 0.0
-    out = sys.stdout
+    entries: list[dict[str, Any]] = []
+    per_day = 0.0
     for entry in settings.accounts:
-        catalog = catalogs[entry.folder]
-        names = [image.relative for image in catalog.usable()]
+        names = [image.relative for image in catalogs[entry.folder].usable()]
         state = saved.get(entry.entry_id)
         position = Position(
             last_image=state.last_image if state else None,
             shown_in_cycle=state.shown_in_cycle if state else frozenset(),
         )
-        last_success = state.last_success if state else None
-        times = _next_times(entry, now, last_success, args.count)
-        per_day = _calls_per_day(entry, now)
-        total_per_day += per_day
-        out.write(
-            f"{entry.account}  {entry.folder}  {entry.schedule.text}  {entry.order}"
-            f"  ({len(names)} usable images)\n"
-        )
         rng = random.Random(0)  # noqa: S311 - a preview, not a promise
-        for when in times:
+        images: list[str | None] = []
+        times = _next_times(entry, start, state, args.count)
+        for _ in times:
             image = next_image(entry.order, names, position, rng, sort_key=natural_key)
-            label = image or "(no usable image)"
+            images.append(image)
             if image is not None:
                 position = advance(entry.order, names, position, image)
-                if entry.order != "sequential":
-                    label += "  (random pick)"
-            local = when.astimezone(entry.timezone)
-            out.write(f"  {local:%Y-%m-%d %H:%M:%S %Z}  {label}\n")
-        if entry.jitter:
-            out.write(f"  (each up to {format_duration(entry.jitter)} later: jitter)\n")
-        out.write(f"  {per_day:.1f} calls/day\n\n")
+        entries.append(
+            {
+                "account": entry.account,
+                "folder": str(entry.folder),
+                "schedule": entry.schedule.text,
+                "timezone": str(entry.timezone),
+                "order": entry.order,
+                "usable": len(names),
+                "jitter": entry.jitter,
+                "instants": [when.astimezone(entry.timezone).isoformat() for when in times],
+                "images": images,
+                "calls_per_day": _calls_per_day(entry, start),
+            }
+        )
+        per_day += entries[-1]["calls_per_day"]
     per_call = settings.api.credits_per_call
-    out.write(
-        f"total: {total_per_day:.1f} calls/day, {total_per_day * 30:.0f} calls/month, "
-        f"{total_per_day * 30 * per_call:,.0f} credits/month at {per_call} credits per call\n"
-    )
+    report = {
+        "from": start.isoformat(),
+        "entries": entries,
+        "calls_per_day": per_day,
+        "calls_per_month": per_day * 30,
+        "credits_per_call": per_call,
+        "credits_per_month": per_day * 30 * per_call,
+    }
+    if getattr(args, "json", False):
+        _print_json(report)
+    else:
+        _print_plan(report)
     return 0
 
 
-def _read_entries(settings: Settings) -> dict[str, Any]:
+def _print_plan(report: dict[str, Any]) -> None:
+    out = sys.stdout
+    for item in report["entries"]:
+        out.write(
+            f"{item['account']}  {item['folder']}  {item['schedule']}  {item['order']}"
+            f"  ({item['usable']} usable images)\n"
+        )
+        zone = ZoneInfo(item["timezone"])
+        for when, image in zip(item["instants"], item["images"], strict=True):
+            label = image or "(no usable image)"
+            if image is not None and item["order"] != "sequential":
+                label += "  (random pick)"
+            local = dt.datetime.fromisoformat(when).astimezone(zone)
+            out.write(f"  {local:%Y-%m-%d %H:%M:%S %Z}  {label}\n")
+        if item["jitter"]:
+            out.write(f"  (each up to {format_duration(item['jitter'])} later: jitter)\n")
+        out.write(f"  {item['calls_per_day']:.1f} calls/day\n\n")
+    per_day = report["calls_per_day"]
+    out.write(
+        f"total: {per_day:.1f} calls/day, {report['calls_per_month']:.0f} calls/month, "
+        f"{report['credits_per_month']:,.0f} credits/month at {report['credits_per_call']} "
+        "credits per call\n"
+    )
+
+
+def _read_entries(settings: Settings) -> dict[str, EntryState]:
     # No state yet: nothing has run. A state that cannot be read is an error (exit 2).
     if not state_exists(settings.state_dir):
         return {}
@@ -376,24 +419,32 @@ def _read_entries(settings: Settings) -> dict[str, Any]:
 
 
 def _next_times(
-    entry: AccountEntry, now: dt.datetime, last_success: dt.datetime | None, count: int
+    entry: AccountEntry, now: dt.datetime, saved: EntryState | None, count: int
 ) -> list[dt.datetime]:
+    """Return an entry's next ``count`` rotation times after ``now``, as the daemon keeps them."""
     every = entry.schedule.every
     if every is None:
         return cron_fire_times(entry.schedule, entry.timezone, now, count)
-    first = now
-    if last_success is not None:
-        first = max(now, last_success + dt.timedelta(seconds=every))
-    return [first + dt.timedelta(seconds=every * n) for n in range(count)]
+    # "every D": D after the last rotation's end, a success or a give-up (as the daemon).
+    first = every_due(
+        every, now, saved.last_success if saved else None, saved.last_fire if saved else None
+    )
+    times: list[dt.datetime] = []
+    for n in range(count):
+        try:
+            when = first + dt.timedelta(seconds=every * n)
+            when.astimezone(entry.timezone)  # shown in the entry's zone
+        except OverflowError:  # beyond the years 1-9999 in UTC or in the zone
+            continue
+        times.append(when)
+    return times
 
 
 def _calls_per_day(entry: AccountEntry, now: dt.datetime) -> float:
-    every = entry.schedule.every
-    if every is not None:
-        return 86400.0 / every
-    week = now + dt.timedelta(days=7)
-    fires = cron_fire_times(entry.schedule, entry.timezone, now, 7 * 24 * 60 + 1)
-    return len([when for when in fires if when <= week]) / 7.0
+    every, cron = entry.schedule.every, entry.schedule.cron
+    if cron is None:
+        return 86400.0 / every if every else 0.0
+    return calls_per_day(cron, local_date(entry.timezone, now))
 
 
 # -- status --------------------------------------------------------------------------------
@@ -461,7 +512,7 @@ def status(args: argparse.Namespace) -> int:
         row = rows.get(entry.entry_id)
         due = next_due.get(entry.entry_id)
         if due is None:
-            times = _next_times(entry, now, row.last_success if row else None, 1)
+            times = _next_times(entry, now, row, 1)
             due = times[0].isoformat() if times else None
         last = history.get(entry.entry_id)
         report["entries"].append(

@@ -55,10 +55,10 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from rotator.config_errors import format_errors, redact
+from rotator.cron import Schedule, parse_schedule
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
 from rotator.keys import KEY_ENV
-from rotator.scheduling import Schedule, parse_schedule
 
 ENV_PREFIX = "ROTATOR_"
 CONFIG_ENV = "ROTATOR_CONFIG"

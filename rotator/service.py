@@ -24,6 +24,7 @@ from rotator import __version__
 from rotator.catalog import CacheEntry, Catalog, escape_name, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
+from rotator.cron import every_due
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
@@ -475,9 +476,9 @@ class Daemon:
                 # Missed while the daemon was down: run once now (coalesced), not once per miss.
                 self._on_due(entry.entry_id)
             return
-        when = now
-        if saved.last_success is not None:
-            when = max(now, saved.last_success + dt.timedelta(seconds=schedule.every))
+        # "every D" counts from the last rotation's end: its success, or the end recorded
+        # in last_fire (a give-up too; a rotation cut short by a stop records none).
+        when = every_due(schedule.every, now, saved.last_success, saved.last_fire)
         self.scheduler.schedule_at(entry.entry_id, when + self._jitter(entry))
 
     def _jitter(self, entry: AccountEntry) -> dt.timedelta:
@@ -523,8 +524,11 @@ class Daemon:
                 entry, run.catalog, stop_reason=lambda: self._stop_reason(run)
             )
             if self._stop_reason(run) is None and run.fired_at is not None:
-                # Done with this due time: a restart from here on owes it nothing.
-                self._record_fire(run, run.fired_at)
+                # Done with this due time: a restart from here on owes it nothing. An
+                # "every" entry keeps the rotation's end instead, success or give-up: the
+                # next one is due D after it, across restarts too.
+                ended = run.fired_at if entry.schedule.every is None else _now()
+                self._record_fire(run, ended)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one entry's failure must not stop the daemon

@@ -322,8 +322,8 @@ def test_bad_section_values_give_one_clear_line(tmp_path: Path, toml: str, expec
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ('schedule = "61 * * * *"', "accounts[0].schedule: '61 * * * *' is not a valid cron"),
-        ('schedule = "* * * * * *"', "accounts[0].schedule: '* * * * * *' is not a valid cron"),
+        ('schedule = "61 * * * *"', 'accounts[0].schedule: "61 * * * *" is not a valid cron'),
+        ('schedule = "* * * * * *"', 'accounts[0].schedule: "* * * * * *" is not a valid cron'),
         ('schedule = "every soon"', "accounts[0].schedule: 'every soon' is not a valid schedule"),
         ('timezone = "Mars/Olympus"', "accounts[0].timezone: 'Mars/Olympus' is not a known IANA"),
         ('timezone = "../etc"', "accounts[0].timezone: '../etc' is not a known IANA time zone"),

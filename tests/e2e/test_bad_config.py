@@ -117,13 +117,50 @@ CASES = [
     ),
     pytest.param(
         _config_text(entries=(ENTRY.replace("every 6h", "61 * * * *"),)),
-        ["accounts[0].schedule: '61 * * * *' is not a valid cron expression"],
+        ['accounts[0].schedule: "61 * * * *" is not a valid cron expression'],
         id="bad-cron",
     ),
     pytest.param(
         _config_text(entries=(ENTRY, ENTRY.replace("alice", "bob").replace("6h", "soon"))),
         ["accounts[1].schedule: 'every soon' is not a valid schedule"],
         id="bad-every-in-second-entry",
+    ),
+    pytest.param(
+        _config_text(
+            entries=(
+                ENTRY,
+                ENTRY.replace("alice", "bob"),
+                ENTRY.replace("alice", "carol").replace("every 6h", "0 0 30 2 *"),
+            )
+        ),
+        ['accounts[2].schedule: "0 0 30 2 *" never fires (February has no 30th)'],
+        id="cron-never-fires",
+    ),
+    pytest.param(
+        _config_text(entries=(ENTRY.replace("every 6h", "0 9 * * fri-mon"),)),
+        [
+            'accounts[0].schedule: "0 9 * * fri-mon" is not a valid cron expression: '
+            'day-of-week "fri-mon" is a reversed range, which cron never runs '
+            "(write 'fri-sat,sun-mon')"
+        ],
+        id="cron-reversed-range",
+    ),
+    pytest.param(
+        _config_text(entries=(ENTRY.replace("every 6h", "0 9 * * monkey"),)),
+        [
+            'accounts[0].schedule: "0 9 * * monkey" is not a valid cron expression: '
+            "day-of-week 'monkey' is neither a number nor one of the names "
+            "sun, mon, tue, wed, thu, fri, sat"
+        ],
+        id="cron-long-day-name",
+    ),
+    pytest.param(
+        _config_text(entries=(ENTRY.replace("every 6h", "5/10 * * * *"),)),
+        [
+            'accounts[0].schedule: "5/10 * * * *" is not a valid cron expression: '
+            "minute \"5/10\": a step needs a range or '*' (write '5-59/10')"
+        ],
+        id="cron-step-on-a-number",
     ),
     pytest.param(
         _config_text(entries=(ENTRY + 'timezone = "Mars/Olympus"\n',)),
@@ -162,7 +199,7 @@ CASES = [
         ),
         [
             "retry.attemps: unknown key",
-            "accounts[0].schedule: '61 * * * *' is not a valid cron expression",
+            'accounts[0].schedule: "61 * * * *" is not a valid cron expression',
             "accounts[0].timezone: 'Nowhere' is not a known IANA time zone",
         ],
         id="three-problems-three-lines",

@@ -497,6 +497,119 @@ def test_plan_continues_after_the_last_rotation(tmp_path: Path, fake_xquik: Fake
     assert abs(first - (sent + 6 * 3600)) < 60
 
 
+def test_plan_from_json_shows_the_dst_edges(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """plan --from --json: per entry its account, schedule, zone and cron(8)'s instants."""
+    make_image(tmp_path / "pics" / "a.png", seed=1)
+    entries: list[dict[str, object]] = [
+        {"account": "alice", "folder": "pics", "schedule": "30 2 * * *"},
+        {"account": "bob", "folder": "pics", "schedule": "*/30 * * * *"},
+        {"account": "carol", "folder": "pics", "schedule": "59 23 31 12 *"},
+        {"account": "dave", "folder": "pics", "schedule": "@hourly"},
+    ]
+    for entry in entries:
+        entry["timezone"] = "America/New_York"
+    config = write_config(tmp_path / "rotator.toml", base_url=fake_xquik.base_url, entries=entries)
+    args = ("plan", "--from", "2026-11-01T05:10:00Z", "--count", "4", "--json")
+    result = _cli(config, *args, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["from"] == "2026-11-01T05:10:00+00:00"
+    by_account = {item["account"]: item for item in report["entries"]}
+    # Written by hand from cron(8): 01:xx happens twice on 1 November 2026 in New York;
+    # a fixed-time job runs in the first pass only, a wildcard one in both.
+    assert by_account["alice"]["timezone"] == "America/New_York"
+    assert by_account["alice"]["schedule"] == "30 2 * * *"
+    assert by_account["alice"]["instants"] == [
+        "2026-11-01T02:30:00-05:00",
+        "2026-11-02T02:30:00-05:00",
+        "2026-11-03T02:30:00-05:00",
+        "2026-11-04T02:30:00-05:00",
+    ]
+    assert by_account["bob"]["instants"] == [
+        "2026-11-01T01:30:00-04:00",
+        "2026-11-01T01:00:00-05:00",
+        "2026-11-01T01:30:00-05:00",
+        "2026-11-01T02:00:00-05:00",
+    ]
+    assert by_account["carol"]["instants"][:2] == [
+        "2026-12-31T23:59:00-05:00",
+        "2027-12-31T23:59:00-05:00",
+    ]
+    assert by_account["dave"]["instants"] == [
+        "2026-11-01T01:00:00-05:00",
+        "2026-11-01T02:00:00-05:00",
+        "2026-11-01T03:00:00-05:00",
+        "2026-11-01T04:00:00-05:00",
+    ]
+    assert by_account["bob"]["calls_per_day"] == pytest.approx(48.0)
+    assert report["calls_per_day"] == pytest.approx(48.0 + 1.0 + 24.0 + 4 / 1461)
+
+
+def test_plan_from_spring_forward_in_text(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """plan --from (text): 02:30 skipped in New York on 8 March 2026 is shown at 03:00 EDT."""
+    make_image(tmp_path / "pics" / "a.png", seed=1)
+    config = write_config(
+        tmp_path / "rotator.toml",
+        base_url=fake_xquik.base_url,
+        entries=[
+            {
+                "account": "alice",
+                "folder": "pics",
+                "schedule": "30 2 * * *",
+                "timezone": "America/New_York",
+            }
+        ],
+    )
+    result = _cli(
+        config, "plan", "--from", "2026-03-07T12:00-05:00", "--count", "2", env=cli_env(None)
+    )
+    assert result.returncode == 0, result.stderr
+    (block,) = _plan_blocks(result.stdout)
+    assert [(str(when), zone) for when, zone, _ in block] == [
+        ("2026-03-08 03:00:00", "EDT"),
+        ("2026-03-09 02:30:00", "EDT"),
+    ]
+
+
+@pytest.mark.parametrize("start", ["9999-12-31T23:00:00Z", "0001-01-01T00:00:00Z"])
+def test_plan_from_the_ends_of_the_calendar_never_overflows(
+    tmp_path: Path, fake_xquik: FakeXquik, start: str
+) -> None:
+    """plan --from at year 1 or 9999, in zones either side of UTC: exit 0, no traceback."""
+    make_image(tmp_path / "pics" / "a.png", seed=1)
+    entries = [
+        {"account": f"u{n}", "folder": "pics", "schedule": schedule, "timezone": zone}
+        for n, (schedule, zone) in enumerate(
+            itertools.product(
+                ["59 23 31 12 *", "* * * * *", "every 1h"],
+                ["America/New_York", "Australia/Lord_Howe"],
+            )
+        )
+    ]
+    config = write_config(tmp_path / "rotator.toml", base_url=fake_xquik.base_url, entries=entries)
+    result = _cli(config, "plan", "--from", start, "--json", env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["entries"]) == len(entries)
+    for item in report["entries"]:
+        assert len(item["instants"]) <= 5
+        for when in item["instants"]:
+            assert dt.datetime.fromisoformat(when) >= dt.datetime.fromisoformat(start)
+
+
+@pytest.mark.parametrize("value", ["2026-03-08T06:00", "yesterday", "2026-13-01T00:00Z"])
+def test_plan_from_needs_an_instant_with_an_offset(
+    tmp_path: Path, fake_xquik: FakeXquik, value: str
+) -> None:
+    """plan --from without a UTC offset, or not a date: one line naming --from, exit 2."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    result = _cli(config, "plan", "--from", value, env=cli_env(None))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("rotator: argument --from: ")
+    assert len(result.stderr.splitlines()) == 1
+
+
 # -- rotate ----------------------------------------------------------------------------------
 
 

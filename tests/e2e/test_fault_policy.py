@@ -427,6 +427,29 @@ def test_out_of_tries_gives_up_with_position_unchanged(
     assert "x_transient_error" in skipped[0]["reason"]
 
 
+def test_every_waits_its_interval_after_a_give_up_across_a_restart(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """every 1h: a rotation that gave up, then a restart: nothing sent until 1h after it."""
+    config, _ = _setup(tmp_path, fake_xquik, {"alice": "every 1h"})
+    fake_xquik.script(*[_error(503, "x_transient_error")] * 3)
+    daemon = start_daemon(config)
+    daemon.wait_for("rotation.skipped", timeout=20)
+    assert daemon.stop() == 0
+    gave_up = fake_xquik.writes("alice")[-1].arrived_wall
+    second = start_daemon(config)
+    second.wait_for("daemon.started")
+    time.sleep(1.5)
+    assert second.stop() == 0
+    assert len(fake_xquik.writes("alice")) == 3, "no write before the interval is over"
+    plan = run_cli(
+        "plan", "--config", str(config), "--count", "1", "--json", env=cli_env(None), timeout=30
+    )
+    (entry,) = json.loads(plan.stdout)["entries"]
+    due = dt.datetime.fromisoformat(entry["instants"][0]).timestamp()
+    assert abs(due - (gave_up + 3600)) < 5
+
+
 def test_connect_errors_retry_then_give_up_and_the_daemon_stays_up(
     tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
 ) -> None:
