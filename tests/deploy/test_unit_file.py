@@ -182,3 +182,17 @@ def test_timespan_parser_reads_systemd_spans() -> None:
     assert timespan_seconds("45") == 45
     with pytest.raises(AssertionError):
         timespan_seconds("soon")
+
+
+def test_documentation_points_at_the_docs_the_install_guide_installs() -> None:
+    """Documentation= names file: URIs of repo documents that docs/deploy.md installs there."""
+    unit = parse_unit(UNIT.read_text())["Unit"]
+    uris = " ".join(value for name, value in unit if name == "Documentation").split()
+    files = [uri.removeprefix("file:") for uri in uris if uri.startswith("file:")]
+    assert files, "the unit names no documentation file"
+    guide = DEPLOY_DOC.read_text()
+    for path in files:
+        name = Path(path).name
+        assert (REPO / name).exists() or (REPO / "docs" / name).exists(), name
+        assert str(Path(path).parent) in guide, f"docs/deploy.md never installs {path}"
+    assert all(re.match(r"^(file|man|https?|info):", uri) for uri in uris), uris
