@@ -8,17 +8,25 @@ it; gauges come from a snapshot the daemon refreshes with its heartbeat.
 from __future__ import annotations
 
 import dataclasses
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Info,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from rotator import __version__
 from rotator.errors import ConfigError
 
 StartResponse = Callable[..., Any]
@@ -100,6 +108,17 @@ class Metrics:
         self._credits = Counter(
             "rotator_credits_spent", "Credits spent on avatar writes", registry=self.registry
         )
+        self._reloads = Counter(
+            "rotator_reloads",
+            "Config reloads (SIGHUP) by result",
+            ["result"],
+            registry=self.registry,
+        )
+        Info("rotator_build", "The running rotator", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        # CPU, memory, open files and start time of this process (Linux /proc).
+        ProcessCollector(registry=self.registry)
         collector: Collector = _SnapshotCollector(lambda: self._snapshot)
         self.registry.register(collector)
         self._server: ThreadingWSGIServer | None = None
@@ -120,6 +139,10 @@ class Metrics:
             self._uploads.labels(account, str(event.get("error") or "error")).inc()
         elif name == "avatar.uncertain":
             self._uploads.labels(account, "uncertain").inc()
+        elif name == "daemon.reloaded":
+            self._reloads.labels("success").inc()
+        elif name == "daemon.reload_failed":
+            self._reloads.labels("failure").inc()
 
     def app(self) -> WsgiApp:
         """Return the WSGI app: ``/metrics`` (Prometheus text) and ``/healthz``."""
