@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume = command("resume", "end a pause by hand")
     resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
 
-    command("health", "exit 0 when the running daemon's heartbeat is fresh")
+    health = command("health", "exit 0 when the running daemon can do its job")
+    health.add_argument(
+        "--allow-paused",
+        action="store_true",
+        help="healthy while alive, even if a pause stops every rotation",
+    )
     return parser
 
 

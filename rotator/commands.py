@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rotator.advice import SELF_ENDING_KINDS, SHORT_KINDS, next_step
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
@@ -26,6 +27,7 @@ from rotator.errors import (
     ConfigError,
     ImageError,
     MissingKeyError,
+    NoStateError,
     RotatorError,
     StateError,
     StateLockedError,
@@ -36,7 +38,7 @@ from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
-from rotator.state import StateStore, read_heartbeat
+from rotator.state import DB_NAME, Pause, StateStore, read_heartbeat
 from rotator.systemd import SystemdNotifier
 
 
@@ -75,6 +77,31 @@ def _is_fresh(age: float) -> bool:
     return age <= 3 * HEARTBEAT_SECONDS
 
 
+def _require_state(settings: Settings) -> Path:
+    """Return the state directory, or say plainly that there is none (exit 1)."""
+    state_dir = settings.state_dir
+    if (state_dir / DB_NAME).exists():
+        return state_dir
+    message = (
+        f"no state in {state_dir}: no daemon has run with this config yet (the state lives in "
+        "state.dir, else $STATE_DIRECTORY, else /var/lib/rotator for a config in "
+        "/etc/rotator, else in state/ beside the config)"
+    )
+    if (state_dir_for(settings, dry_run=True) / DB_NAME).exists():
+        message += f"; a dry run keeps its own state in {state_dir_for(settings, dry_run=True)}"
+    raise NoStateError(message)
+
+
+def _unknown_account(name: str) -> ConfigError:
+    return ConfigError(f"--account: no [[accounts]] entry has account {name!r}")
+
+
+def _pause_parts(pause: Pause) -> tuple[str, str]:
+    """Split a stored pause's reason into its kind and the server's reason."""
+    kind, _, reason = pause.reason.partition(":")
+    return kind, reason or kind
+
+
 def _print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -104,7 +131,7 @@ def rotate(args: argparse.Namespace) -> int:
     settings = _settings(args, environ)
     entries = [e for e in settings.accounts if args.account in (None, e.account)]
     if not entries:
-        raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
+        raise _unknown_account(args.account)
     key = None if args.dry_run else _key(settings, environ)
     configure(settings.log.level, settings.log.format)
     results = asyncio.run(
@@ -365,7 +392,7 @@ def status(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     settings = _settings(args, environ)
     now = _now()
-    state_dir = settings.state_dir
+    state_dir = _require_state(settings)
     report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
     beat = _live_heartbeat(settings)
     running = beat is not None and _is_fresh(beat[0])
@@ -406,21 +433,27 @@ def status(args: argparse.Namespace) -> int:
             }
         )
     for pause in pauses:
-        kind, _, reason = pause.reason.partition(":")
+        kind, reason = _pause_parts(pause)
         report["pauses"].append(
             {
                 "scope": pause.scope,
                 "account": pause.account,
                 "kind": kind,
-                "reason": reason or kind,
+                "reason": reason,
                 "until": pause.until.isoformat(),
+                "next_step": next_step(kind, pause.account),
             }
         )
     if args.json:
         _print_json(report)
-        return 0
+    else:
+        _print_status(report)
+    return 0
+
+
+def _print_status(report: dict[str, Any]) -> None:
     out = sys.stdout
-    out.write(f"daemon: {report['daemon']}  (state: {state_dir})\n")
+    out.write(f"daemon: {report['daemon']}  (state: {report['state_dir']})\n")
     for item in report["entries"]:
         out.write(f"\n{item['account']}  {item['folder']}  {item['schedule']}\n")
         out.write(f"  last success:  {item['last_success'] or 'never'}\n")
@@ -438,7 +471,7 @@ def status(args: argparse.Namespace) -> int:
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
         out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
-    return 0
+        out.write(f"    next step: {pause['next_step']}\n")
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -448,20 +481,25 @@ def resume(args: argparse.Namespace) -> int:
     """End pauses by hand: the key's and every account's, or one account's."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    configured = {entry.account for entry in settings.accounts}
+    # An account no longer configured may still have a stored pause to end: look first.
+    no_state = not (settings.state_dir / DB_NAME).exists()
+    if args.account is not None and args.account not in configured and no_state:
+        raise _unknown_account(args.account)
+    state_dir = _require_state(settings)
     try:
         # Taking the lock proves no daemon runs; if one does, it is told below.
-        store, daemon_running = StateStore.open(settings.state_dir, lock=True), False
+        store, daemon_running = StateStore.open(state_dir, lock=True), False
     except StateLockedError:
-        store, daemon_running = StateStore.open(settings.state_dir, lock=False), True
+        store, daemon_running = StateStore.open(state_dir, lock=False), True
     except StateError as exc:
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
         pauses = state.pauses()
-        accounts = {entry.account for entry in settings.accounts}
-        if args.account is not None and args.account not in accounts | {
+        if args.account is not None and args.account not in configured | {
             str(pause.account) for pause in pauses
         }:
-            raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
+            raise _unknown_account(args.account)
         ended = []
         for pause in pauses:
             if args.account is not None and pause.account != args.account:
@@ -488,7 +526,12 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def health(args: argparse.Namespace) -> int:
-    """Exit 0 when the running daemon's heartbeat is fresh, 1 otherwise, with one line."""
+    """Exit 0 when the daemon runs and can do its job, 1 otherwise, with one line.
+
+    A fresh heartbeat is not enough: a key-wide pause that needs a person (credits, a
+    refused key) or a pause on every account means no avatar changes until someone acts.
+    ``--allow-paused`` asks only whether the daemon is alive.
+    """
     environ = dict(os.environ)
     settings = _settings(args, environ)
     beat = _live_heartbeat(settings)
@@ -506,9 +549,42 @@ def health(args: argparse.Namespace) -> int:
     line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
     if dry_run:
         line += " (dry run)"
+    blocked = _blocking_pause(settings, state_dir_for(settings, dry_run=dry_run), _now())
+    if blocked is not None and not args.allow_paused:
+        sys.stdout.write(f"unhealthy: {blocked}\n")
+        return 1
     kinds = summary.get("pause_kinds")
     if isinstance(kinds, list) and kinds:
-        # A credits or auth pause needs a person, not a restart: report it, stay healthy.
         line += "; paused: " + ", ".join(str(kind) for kind in kinds)
     sys.stdout.write(line + "\n")
     return 0
+
+
+def _blocking_pause(settings: Settings, state_dir: Path, now: dt.datetime) -> str | None:
+    """Return why no avatar can change until someone acts or a long pause ends, if so."""
+    try:
+        with StateStore.open(state_dir, lock=False, readonly=True) as state:
+            pauses = [pause for pause in state.pauses() if pause.until > now]
+    except StateError as exc:
+        return f"the state cannot be read: {exc}"
+    for pause in pauses:
+        kind, reason = _pause_parts(pause)
+        if pause.scope == "key" and kind not in SELF_ENDING_KINDS:
+            return (
+                f"all accounts paused: {kind} ({reason}) until {pause.until.isoformat()}; "
+                f"next step: {next_step(kind, None)}"
+            )
+    # Short throttles end by themselves within minutes: they do not make it unhealthy.
+    held = {
+        str(pause.account): pause
+        for pause in pauses
+        if pause.scope == "account" and _pause_parts(pause)[0] not in SHORT_KINDS
+    }
+    accounts = sorted({entry.account for entry in settings.accounts})
+    if accounts and all(account in held for account in accounts):
+        parts = []
+        for account in accounts:
+            kind, reason = _pause_parts(held[account])
+            parts.append(f"{account}: {kind} ({reason}); next step: {next_step(kind, account)}")
+        return "every account is paused: " + "; ".join(parts)
+    return None

@@ -394,7 +394,7 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         self._config_path = context.config_path
-        self._state_dir = _choose_state_dir(self.state.dir, context.environ)
+        self._state_dir = choose_state_dir(self.state.dir, context.environ, context.config_path)
         self._key_warning = context.key_warning
         self._key_source = context.key_source
         return self
@@ -406,7 +406,7 @@ class Settings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        """Return the state directory: state.dir, else $STATE_DIRECTORY, else ./state."""
+        """Return the state directory (see ``choose_state_dir``)."""
         return self._state_dir
 
     @property
@@ -455,14 +455,27 @@ def _cross_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def _choose_state_dir(configured: Path | None, environ: Mapping[str, str]) -> Path:
+SYSTEM_CONFIG_DIR = Path("/etc/rotator")  # the unit's ConfigurationDirectory=rotator
+SYSTEM_STATE_DIR = Path("/var/lib/rotator")  # the unit's StateDirectory=rotator
+
+
+def choose_state_dir(configured: Path | None, environ: Mapping[str, str], config: Path) -> Path:
+    """Return where the state lives; the daemon and every command use this one rule.
+
+    First match: ``state.dir``; ``$STATE_DIRECTORY`` (set by systemd for the service);
+    ``/var/lib/rotator`` for a config in ``/etc/rotator`` (the unit's directories, so
+    ``sudo rotator status`` finds the service's state without the variable); else
+    ``state`` beside the config file, wherever the command is run from.
+    """
     if configured is not None:
         return configured
     # systemd sets STATE_DIRECTORY, colon-separated when StateDirectory= names several.
     first = environ.get("STATE_DIRECTORY", "").split(":")[0].strip()
     if first:
         return Path(os.path.normpath(Path.cwd() / first))
-    return Path.cwd() / "state"
+    if config.parent == SYSTEM_CONFIG_DIR:
+        return SYSTEM_STATE_DIR
+    return config.parent / "state"
 
 
 class _DataSource(PydanticBaseSettingsSource):

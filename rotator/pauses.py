@@ -17,6 +17,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+from rotator.advice import next_step
 from rotator.logs import emit
 from rotator.policy import PauseKind, PolicySettings, doubling
 from rotator.state import PauseScope, StateStore
@@ -157,6 +158,7 @@ class PauseBoard:
                 kind=kind,
                 until=until.isoformat(),
                 seconds=round(seconds, 3),
+                next_step=next_step(kind, account),
             )
         self._arm(pause)
         return pause

@@ -10,7 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
+from rotator.config import (
+    AccountEntry,
+    Settings,
+    choose_state_dir,
+    load_settings,
+    resolve_config_path,
+)
 from rotator.errors import ConfigError
 from rotator.keys import ApiKey, find_api_key
 
@@ -517,14 +523,25 @@ def test_relative_config_path_is_made_absolute(
 
 
 def test_state_dir_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prove state_dir: state.dir, else the first $STATE_DIRECTORY path, else <cwd>/state."""
-    monkeypatch.chdir(tmp_path)
+    """Prove state_dir: state.dir, else the first $STATE_DIRECTORY path, else beside the config."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where the command runs from must not matter
     plain = write_config(tmp_path, ENTRY)
     assert load_settings(plain, {}).state_dir == tmp_path / "state"
     systemd = {"STATE_DIRECTORY": "/var/lib/rotator:/var/lib/other"}
     assert load_settings(plain, systemd).state_dir == Path("/var/lib/rotator")
     explicit = write_config(tmp_path, '[state]\ndir = "/srv/state"\n' + ENTRY)
     assert load_settings(explicit, systemd).state_dir == Path("/srv/state")
+
+
+def test_a_config_in_etc_rotator_keeps_its_state_where_the_unit_does() -> None:
+    """Prove /etc/rotator/rotator.toml means /var/lib/rotator (the unit's StateDirectory=)."""
+    system = Path("/etc/rotator/rotator.toml")
+    assert choose_state_dir(None, {}, system) == Path("/var/lib/rotator")
+    assert choose_state_dir(None, {"STATE_DIRECTORY": "/run/x"}, system) == Path("/run/x")
+    assert choose_state_dir(Path("/srv/s"), {}, system) == Path("/srv/s")
+    assert choose_state_dir(None, {}, Path("/etc/other/rotator.toml")) == Path("/etc/other/state")
 
 
 # ---- the file itself ----

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from rotator.config import choose_state_dir
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "rotator.service"
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
@@ -196,3 +198,15 @@ def test_documentation_points_at_the_docs_the_install_guide_installs() -> None:
         assert (REPO / name).exists() or (REPO / "docs" / name).exists(), name
         assert str(Path(path).parent) in guide, f"docs/deploy.md never installs {path}"
     assert all(re.match(r"^(file|man|https?|info):", uri) for uri in uris), uris
+
+
+def test_commands_find_the_state_where_the_unit_keeps_it() -> None:
+    """systemd.exec(5): StateDirectory=X is /var/lib/X, ConfigurationDirectory=X is /etc/X.
+
+    ``rotator status --config /etc/rotator/rotator.toml`` run without $STATE_DIRECTORY must
+    read the service's state, so the rule in the config loader must match the unit.
+    """
+    state = Path("/var/lib") / single("StateDirectory")
+    config = Path("/etc") / single("ConfigurationDirectory") / "rotator.toml"
+    assert f"ROTATOR_CONFIG={config}" in values("Environment")
+    assert choose_state_dir(None, {}, config) == state

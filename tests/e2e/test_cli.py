@@ -17,7 +17,7 @@ from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
 
 import rotator
-from rotator.state import write_heartbeat
+from rotator.state import StateStore, write_heartbeat
 
 COMMANDS = ("run", "check", "plan", "rotate", "status", "resume", "health")
 
@@ -602,9 +602,23 @@ def test_rotate_unknown_account_exits_2(tmp_path: Path, fake_xquik: FakeXquik) -
 # -- status, resume --------------------------------------------------------------------------
 
 
-def test_status_without_state_says_never(tmp_path: Path, fake_xquik: FakeXquik) -> None:
-    """status before any rotation: exit 0, 'never' for each entry, JSON with nulls."""
+def test_status_without_state_says_so_and_exits_1(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """status, resume and health where no daemon ever ran: exit 1, naming the directory."""
     config, _ = _setup(tmp_path, fake_xquik)
+    for command in ("status", "resume"):
+        result = _cli(config, command, env=cli_env(None))
+        assert result.returncode == 1, result.stderr
+        assert f"no state in {tmp_path / 'state'}" in result.stderr
+        assert result.stdout == ""
+    health = _cli(config, "health", env=cli_env(None))
+    assert health.returncode == 1
+    assert "unhealthy: no heartbeat" in health.stdout
+
+
+def test_status_before_any_rotation_says_never(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """status once the state exists but nothing rotated: exit 0, 'never', JSON with nulls."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
     result = _cli(config, "status", env=cli_env(None))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("last success:  never") == 2
@@ -612,6 +626,28 @@ def test_status_without_state_says_never(tmp_path: Path, fake_xquik: FakeXquik) 
     report = json.loads(_cli(config, "status", "--json", env=cli_env(None)).stdout)
     assert [e["last_success"] for e in report["entries"]] == [None, None]
     assert report["pauses"] == []
+
+
+def test_commands_find_the_state_beside_the_config_from_any_directory(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """With no state.dir, rotate run in one directory and status run in another share state."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    text = config.read_text()
+    config.write_text(re.sub(r"(?m)^dir = .*\n", "", text))  # [state] left empty
+    assert "dir = " not in config.read_text()
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    env = cli_env(fake_xquik.api_key)
+    assert _cli(config, "rotate", "--account", "alice", env=env, cwd=here).returncode == 0
+    result = _cli(config, "status", "--json", env=env, cwd=there)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["state_dir"] == str(config.parent / "state")
+    assert report["entries"][0]["current_image"] == "img1.png"
+    assert not (here / "state").exists()
+    assert not (there / "state").exists()
 
 
 def test_status_after_a_rotation(tmp_path: Path, fake_xquik: FakeXquik) -> None:
