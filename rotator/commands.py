@@ -549,24 +549,28 @@ def health(args: argparse.Namespace) -> int:
     line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
     if dry_run:
         line += " (dry run)"
-    blocked = _blocking_pause(settings, state_dir_for(settings, dry_run=dry_run), _now())
+    now = _now()
+    try:
+        with StateStore.open(
+            state_dir_for(settings, dry_run=dry_run), lock=False, readonly=True
+        ) as state:
+            pauses = [pause for pause in state.pauses() if pause.until > now]
+    except StateError as exc:
+        sys.stdout.write(f"unhealthy: the state cannot be read: {exc}\n")
+        return 1
+    blocked = _blocking_pause(settings, pauses)
     if blocked is not None and not args.allow_paused:
         sys.stdout.write(f"unhealthy: {blocked}\n")
         return 1
-    kinds = summary.get("pause_kinds")
-    if isinstance(kinds, list) and kinds:
-        line += "; paused: " + ", ".join(str(kind) for kind in kinds)
+    if pauses:
+        kinds = sorted({_pause_parts(pause)[0] for pause in pauses})
+        line += "; paused: " + ", ".join(kinds)
     sys.stdout.write(line + "\n")
     return 0
 
 
-def _blocking_pause(settings: Settings, state_dir: Path, now: dt.datetime) -> str | None:
+def _blocking_pause(settings: Settings, pauses: list[Pause]) -> str | None:
     """Return why no avatar can change until someone acts or a long pause ends, if so."""
-    try:
-        with StateStore.open(state_dir, lock=False, readonly=True) as state:
-            pauses = [pause for pause in state.pauses() if pause.until > now]
-    except StateError as exc:
-        return f"the state cannot be read: {exc}"
     for pause in pauses:
         kind, reason = _pause_parts(pause)
         if pause.scope == "key" and kind not in SELF_ENDING_KINDS:

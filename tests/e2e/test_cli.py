@@ -803,6 +803,83 @@ def test_health_while_running_then_stale(
     assert 45 <= int(age.group(1)) < 120
 
 
+LONG_PAUSES = {"pause": {"credits": "1h", "account": "1h", "auth": "1h", "max": "12h"}}
+
+
+def test_health_is_unhealthy_while_credits_stop_every_rotation(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """Out of credits: the daemon lives but health exits 1 with the next step; --allow-paused 0."""
+    fake_xquik.balance = 0
+    fake_xquik.enforce_credits = True
+    config, _ = _setup(tmp_path, fake_xquik, sections=LONG_PAUSES)
+    env = cli_env(fake_xquik.api_key)
+    daemon = start_daemon(config)
+    (started,) = daemon.wait_for("pause.started")
+    assert started["kind"] == "credits"
+    assert "top up credits" in str(started["next_step"])
+    _wait_for_file(tmp_path / "state" / "heartbeat.json")
+    sick = _cli(config, "health", env=env)
+    assert sick.returncode == 1, sick.stdout
+    (line,) = sick.stdout.splitlines()
+    assert line.startswith("unhealthy: all accounts paused: credits (insufficient_credits)")
+    assert "next step: top up credits" in line
+    alive = _cli(config, "health", "--allow-paused", env=env)
+    assert alive.returncode == 0, alive.stdout
+    assert alive.stdout.startswith("healthy")
+    assert "paused: credits" in alive.stdout
+    status = _cli(config, "status", env=env).stdout
+    assert "next step: top up credits" in status
+    assert daemon.stop() == 0
+
+
+def test_health_is_unhealthy_only_when_every_account_is_paused(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """An account pause on alice alone is healthy; on alice and bob it is not (exit 1)."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    state_dir = tmp_path / "state"
+    now = dt.datetime.now(dt.UTC)
+    with StateStore.open(state_dir) as state:
+        state.set_pause(
+            scope="account",
+            account="alice",
+            reason="account:account_needs_reauth",
+            until=now + dt.timedelta(hours=1),
+            level=0,
+            now=now,
+        )
+    write_heartbeat(state_dir, now, {"pid": 1, "pause_kinds": ["account"]})
+    one = _cli(config, "health", env=cli_env(None))
+    assert one.returncode == 0, one.stdout
+    with StateStore.open(state_dir) as state:
+        state.set_pause(
+            scope="account",
+            account="bob",
+            reason="x_rate_limited:x_rate_limited",
+            until=now + dt.timedelta(minutes=5),
+            level=0,
+            now=now,
+        )
+    throttled = _cli(config, "health", env=cli_env(None))
+    assert throttled.returncode == 0, "a throttle of minutes is not a reason to restart"
+    with StateStore.open(state_dir) as state:
+        state.set_pause(
+            scope="account",
+            account="bob",
+            reason="daily:x_daily_limit",
+            until=now + dt.timedelta(hours=20),
+            level=0,
+            now=now,
+        )
+    both = _cli(config, "health", env=cli_env(None))
+    assert both.returncode == 1, both.stdout
+    (line,) = both.stdout.splitlines()
+    assert line.startswith("unhealthy: every account is paused")
+    assert "reconnect or unlock @alice in the Xquik dashboard" in line
+    assert "rotator resume --account alice" in line
+
+
 def test_health_without_heartbeat_exits_1(tmp_path: Path, fake_xquik: FakeXquik) -> None:
     """health with no daemon ever run: exit 1 with one line saying why."""
     config, _ = _setup(tmp_path, fake_xquik)
