@@ -151,6 +151,7 @@ class Daemon:
         self.state_dir = state_dir_for(settings, dry_run=dry_run)
         self._rng = random.Random()  # noqa: S311 - jitter is not cryptography
         self._stop = asyncio.Event()
+        self._stopped_by = "error"  # until a signal asks for the stop
         self._reload_requested = asyncio.Event()
         self._runs: dict[str, _EntryRun] = {}
         self._catalogs: dict[Path, Catalog] = {}
@@ -168,6 +169,8 @@ class Daemon:
         self.state = StateStore.open(self.state_dir, lock=True)
         try:
             return await self._serve(loop)
+        except RotatorError:  # a problem of the setup (a busy metrics port): the CLI prints it
+            raise
         except Exception as exc:
             emit("daemon.crashed", error=f"{type(exc).__name__}: {exc}")
             raise
@@ -197,7 +200,7 @@ class Daemon:
             on_dir_appeared=self._on_dir_appeared,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signum, self._stop_by_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
             emit(
@@ -271,7 +274,11 @@ class Daemon:
                 await step()
             except Exception as exc:  # best effort: log it and go on closing the rest
                 emit("daemon.shutdown_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
-        emit("daemon.stopped", reason="signal", drained=len(writing))
+        emit("daemon.stopped", reason=self._stopped_by, drained=len(writing))
+
+    def _stop_by_signal(self) -> None:
+        self._stopped_by = "signal"
+        self._stop.set()
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
