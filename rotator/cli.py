@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "show positions, pauses and errors from the state")
     status.add_argument("--json", action="store_true", help="print JSON for tools")
 
+    history = command("history", "show what was sent when, and what came of it")
+    history.add_argument("--account", metavar="NAME", help="only this account")
+    history.add_argument(
+        "--since", metavar="WHEN", help="a duration back from now (2d, 6h) or an ISO 8601 time"
+    )
+    history.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N rows (50)"
+    )
+    history.add_argument("--json", action="store_true", help="print JSON for tools")
+
     resume = command("resume", "end a pause by hand")
     resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
 

@@ -22,7 +22,7 @@ from rotator.advice import SELF_ENDING_KINDS, SHORT_KINDS, next_step
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
-from rotator.durations import format_duration
+from rotator.durations import format_duration, parse_duration
 from rotator.errors import (
     ConfigError,
     ImageError,
@@ -34,7 +34,7 @@ from rotator.errors import (
 )
 from rotator.images import FitSettings, describe, fit_image
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.logs import add_secret, configure, emit
+from rotator.logs import add_secret, configure, emit, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
@@ -472,6 +472,78 @@ def _print_status(report: dict[str, Any]) -> None:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
         out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
         out.write(f"    next step: {pause['next_step']}\n")
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def history(args: argparse.Namespace) -> int:
+    """Print the audit history, oldest first: what was sent when, and what came of it."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    since = _parse_since(args.since, _now()) if args.since else None
+    if args.account is not None:
+        known = {entry.account for entry in settings.accounts}
+        if args.account not in known:
+            raise _unknown_account(args.account)
+    # The history holds what the server said; mask the key in case it ever echoed it.
+    key = find_api_key(settings, environ)
+    if key is not None:
+        add_secret(key.reveal())
+    with StateStore.open(_require_state(settings), lock=False, readonly=True) as state:
+        rows = state.history(limit=args.limit, account=args.account, since=since)
+    rows.reverse()
+    items = [
+        {
+            "time": row.time.isoformat(),
+            "account": row.account,
+            "image": row.image,
+            "outcome": row.outcome,
+            "error": row.error_code,
+            "status": row.status,
+            "request_id": row.request_id,
+            "message": redact_text(row.message),
+            "attempt": row.attempt,
+            "duration_ms": row.duration_ms,
+        }
+        for row in rows
+    ]
+    if args.json:
+        _print_json({"state_dir": str(settings.state_dir), "history": items})
+        return 0
+    out = sys.stdout
+    if not items:
+        out.write("no history" + (f" since {since.isoformat()}" if since else "") + "\n")
+    for item in items:
+        line = f"{item['time']}  {item['account']}  {item['outcome']:<9}  {item['image'] or '-'}"
+        if item["error"]:
+            line += f"  {item['error']}"
+        if item["outcome"] != "success" and item["message"]:
+            line += f": {item['message']}"
+        if item["request_id"]:
+            line += f"  (request {item['request_id']})"
+        out.write(line + "\n")
+    return 0
+
+
+def _parse_since(text: str, now: dt.datetime) -> dt.datetime:
+    """Read --since: a duration back from ``now`` (2d) or an ISO 8601 time (UTC if bare)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        try:
+            return now - dt.timedelta(seconds=seconds)
+        except OverflowError:
+            return dt.datetime.min.replace(tzinfo=dt.UTC)  # further back than any history
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since: {text!r} is neither a duration (2d, 6h) nor an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 # -- resume --------------------------------------------------------------------------------

@@ -507,17 +507,31 @@ class StateStore:
             if not keep_pending:
                 conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
 
-    def history(self, *, limit: int = 50, entry_id: str | None = None) -> list[HistoryRow]:
-        """Return up to ``limit`` audit rows, newest first, of one entry or of all."""
+    def history(
+        self,
+        *,
+        limit: int = 50,
+        entry_id: str | None = None,
+        account: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> list[HistoryRow]:
+        """Return up to ``limit`` audit rows, newest first, narrowed by entry, account, time."""
         if limit < 0:
             raise ValueError(f"limit must be zero or more, not {limit}")
-        if entry_id is None:
-            rows = self._read("SELECT * FROM history ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read(
-                "SELECT * FROM history WHERE entry_id = ? ORDER BY id DESC LIMIT ?",
-                (entry_id, limit),
-            )
+        conditions, params = ["1"], list[object]()
+        if entry_id is not None:
+            conditions.append("entry_id = ?")
+            params.append(entry_id)
+        if account is not None:
+            conditions.append("account = ?")
+            params.append(account)
+        if since is not None:
+            conditions.append("time >= ?")
+            params.append(_time_text(since))
+        rows = self._read(
+            f"SELECT * FROM history WHERE {' AND '.join(conditions)} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed condition texts, values are parameters
+            (*params, limit),
+        )
         result = []
         for row in rows:
             fields = dict(row)

@@ -765,6 +765,67 @@ def test_resume_unknown_account_exits_2(tmp_path: Path, fake_xquik: FakeXquik) -
     assert "carol" in line
 
 
+# -- history ---------------------------------------------------------------------------------
+
+
+def test_history_shows_what_was_sent_when_and_failures(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """history: successes and refusals oldest first, with request ids; filters and JSON."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    env = cli_env(fake_xquik.api_key)
+    fake_xquik.script(
+        Reply(status=422, json={"error": "x_rejected", "message": "X said no"}), account="bob"
+    )
+    assert _cli(config, "rotate", env=env).returncode == 0
+    assert _cli(config, "rotate", "--account", "alice", env=env).returncode == 0
+    text = _cli(config, "history", env=env)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    alice = [line for line in lines if "  alice  " in line]
+    assert [line.split()[2:4] for line in alice] == [
+        ["success", "img1.png"],
+        ["success", "img2.jpg"],
+    ]
+    bob = [line for line in lines if "  bob  " in line]
+    # The refused image is passed over in the same rotation: the next one goes out.
+    assert [line.split()[2:4] for line in bob] == [["error", "one.png"], ["success", "two.png"]]
+    assert "x_rejected: X said no" in bob[0]
+    assert all("(request req_" in line for line in lines)
+    report = json.loads(_cli(config, "history", "--json", "--account", "bob", env=env).stdout)
+    assert [(row["image"], row["outcome"], row["error"]) for row in report["history"]] == [
+        ("one.png", "error", "x_rejected"),
+        ("two.png", "success", None),
+    ]
+    recent = _cli(config, "history", "--since", "1h", "--limit", "1", env=env).stdout
+    assert len(recent.splitlines()) == 1
+    assert "img2.jpg" in recent  # the newest row
+    future = _cli(config, "history", "--since", "2999-01-01", env=env)
+    assert future.returncode == 0
+    assert future.stdout.startswith("no history since 2999-01-01")
+    _assert_key_nowhere(fake_xquik.api_key, tmp_path / "state", text.stdout, text.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--since", "last tuesday"), "--since: 'last tuesday' is neither a duration"),
+        (("--account", "carol"), "--account: no [[accounts]] entry has account 'carol'"),
+        (("--limit", "0"), "--limit"),
+    ],
+)
+def test_history_bad_arguments_exit_2(
+    tmp_path: Path, fake_xquik: FakeXquik, args: tuple[str, ...], needle: str
+) -> None:
+    """history with a bad --since, --account or --limit: exit 2 and one line naming it."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
+    result = _cli(config, "history", *args, env=cli_env(None))
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stderr.splitlines()
+    assert needle in line
+
+
 # -- health ----------------------------------------------------------------------------------
 
 
