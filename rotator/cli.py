@@ -7,6 +7,8 @@ Nothing a user did produces a traceback, and no message carries the API key.
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,9 +19,16 @@ from rotator.logs import redact_text
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit code 2."""
+    """argparse with a one-line error, a guess for a mistyped command, and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        typo = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if typo:
+            choices = re.findall(r"'?([a-z]+)'?", typo.group(2))
+            guess = difflib.get_close_matches(typo.group(1), choices, n=1, cutoff=0.75)
+            message = f"unknown command {typo.group(1)!r}" + (
+                f"; did you mean {guess[0]!r}?" if guess else f" (commands: {', '.join(choices)})"
+            )
         sys.stderr.write(f"rotator: {message} (see 'rotator {self._subcommand()}--help')\n")
         raise SystemExit(2)
 
@@ -35,16 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rotate X account avatars on a schedule through the Xquik API.",
     )
     parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    config_help = "config file (default: $ROTATOR_CONFIG, else ./rotator.toml)"
+    # Accepted before the command too (`rotator --config P status`); after it wins.
+    parser.add_argument("--config", metavar="PATH", dest="global_config", help=config_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         one = sub.add_parser(name, help=help_text, description=help_text)
-        one.add_argument(
-            "--config",
-            metavar="PATH",
-            help="config file (default: $ROTATOR_CONFIG, else ./rotator.toml)",
-        )
+        one.add_argument("--config", metavar="PATH", help=config_help)
         return one
 
     run = command("run", "run the daemon")
@@ -100,6 +108,7 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
+    args.config = args.config or args.global_config
     try:
         # Imported after parsing: --help, --version and usage errors stay quick.
         from rotator import commands  # noqa: PLC0415

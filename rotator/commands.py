@@ -47,7 +47,12 @@ def _now() -> dt.datetime:
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    return load_settings(resolve_config_path(args.config, environ), environ)
+    """Load the settings; warn on stderr of what they ignored (the daemon logs it instead)."""
+    settings = load_settings(resolve_config_path(args.config, environ), environ)
+    if args.command != "run":
+        for warning in settings.env_warnings:
+            sys.stderr.write(f"rotator: warning: {warning}\n")
+    return settings
 
 
 def _key(settings: Settings, environ: Mapping[str, str]) -> ApiKey:
@@ -117,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     configure(settings.log.level, settings.log.format)
     if key is not None and key.warning:
         emit("config.warning", message=key.warning)
+    for warning in settings.env_warnings:
+        emit("config.warning", message=warning)
     notifier = SystemdNotifier.from_environment()
     daemon = Daemon(settings, key, dry_run=args.dry_run, environ=environ, notifier=notifier)
     return asyncio.run(daemon.run())

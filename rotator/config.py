@@ -53,7 +53,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from rotator.config_errors import format_errors, redact
+from rotator.config_errors import closest, format_errors, redact
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
 from rotator.keys import KEY_ENV
@@ -328,6 +328,7 @@ class _LoadContext:
     environ: Mapping[str, str]
     key_warning: str | None = None  # set when api.key sits in a file others can read
     key_source: str = "api.key"
+    env_warnings: tuple[str, ...] = ()  # ROTATOR_* variables that set nothing
 
 
 # BaseSettings validates through its own __init__, which drops a validation context,
@@ -373,6 +374,7 @@ class Settings(BaseSettings):
     _config_path: Path = PrivateAttr()
     _state_dir: Path = PrivateAttr()
     _key_warning: str | None = PrivateAttr(default=None)
+    _env_warnings: tuple[str, ...] = PrivateAttr(default=())
     _key_source: str = PrivateAttr(default="api.key")
 
     @classmethod
@@ -396,6 +398,7 @@ class Settings(BaseSettings):
         self._config_path = context.config_path
         self._state_dir = choose_state_dir(self.state.dir, context.environ, context.config_path)
         self._key_warning = context.key_warning
+        self._env_warnings = context.env_warnings
         self._key_source = context.key_source
         return self
 
@@ -413,6 +416,11 @@ class Settings(BaseSettings):
     def key_source(self) -> str:
         """Return where api.key was set: ``api.key`` (the file) or ``ROTATOR_API__KEY``."""
         return self._key_source
+
+    @property
+    def env_warnings(self) -> tuple[str, ...]:
+        """Return one line per ``ROTATOR_*`` variable that names no setting (a typo?)."""
+        return self._env_warnings
 
     @property
     def key_warning(self) -> str | None:
@@ -529,7 +537,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     """
     environ = os.environ if environ is None else environ
     data = _read_toml(path)
-    ours, problems = _split_environ(environ)
+    ours, problems, env_warnings = _split_environ(environ)
     if problems:
         raise ConfigError(problems)
     try:
@@ -544,6 +552,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         environ=environ,
         key_warning=_key_warning(path, data, from_env),
         key_source="ROTATOR_API__KEY" if "key" in from_env.get("api", {}) else "api.key",
+        env_warnings=tuple(env_warnings),
     )
     # The environment comes first: pydantic-settings lets earlier sources win.
     sources = (_DataSource(Settings, from_env), _DataSource(Settings, data))
@@ -551,11 +560,26 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     try:
         return Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
-        lines = format_errors(exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX)
+        lines = format_errors(
+            exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX, known_keys=_known_keys
+        )
         # from None: the chained ValidationError would carry input values, the key among them.
         raise ConfigError(redact(lines, [data, from_env], environ)) from None
     finally:
         _LOADING.reset(token)
+
+
+def _known_keys(table: tuple[int | str, ...]) -> list[str]:
+    """Return the keys allowed in the table at a location (``()``, ``("api",)``, ...)."""
+    if not table:
+        return list(Settings.model_fields)
+    field = Settings.model_fields.get(str(table[0]))
+    if table[0] == "accounts":
+        return list(AccountEntry.model_fields)
+    model = field.annotation if field is not None else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -574,10 +598,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
 
 
-def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Return the variables that are ours, and problems with the ones that are not usable."""
+def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """Return the variables that are ours, problems with unusable ones, and warnings.
+
+    A ``ROTATOR_*`` variable that names no section sets nothing: most likely a typo
+    (``ROTATOR_RATELIMIT__WRITES``), so it is a warning, with the closest real name.
+    """
     ours: dict[str, str] = {}
     problems: list[str] = []
+    warnings: list[str] = []
     for name, value in environ.items():
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
@@ -585,7 +614,13 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
         section, _, key = upper[len(ENV_PREFIX) :].lower().partition("__")
         field = Settings.model_fields.get(section)
         if field is None:
-            continue  # not a section of ours: someone else's variable
+            warning = f"{name} sets nothing and is ignored (no section {section!r})"
+            guess = closest(section, Settings.model_fields)
+            if guess is not None:
+                warning += f"; did you mean {ENV_PREFIX}{guess.upper()}"
+                warning += f"__{key.upper()}?" if key else "?"
+            warnings.append(warning)
+            continue
         if section == "accounts" and key:
             problems.append(
                 f"{name}: entries cannot be set one key at a time; set ROTATOR_ACCOUNTS"
@@ -599,7 +634,7 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
                 problems.append(f"{name}: must be {kind} in JSON ({exc.msg})")
                 continue
         ours[name] = value
-    return ours, problems
+    return ours, problems, warnings
 
 
 def _key_warning(path: Path, data: dict[str, Any], from_env: dict[str, Any]) -> str | None:

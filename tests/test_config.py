@@ -253,7 +253,9 @@ def test_env_unrelated_and_config_variables_are_ignored(tmp_path: Path) -> None:
 def test_env_unknown_key_in_known_section_is_named(tmp_path: Path) -> None:
     """Prove a misspelt key under a known section is an error naming the variable."""
     problems = problems_of(write_config(tmp_path, ENTRY), {"ROTATOR_API__BASE_ULR": "x"})
-    assert problems == ["api.base_ulr: unknown key (from ROTATOR_API__BASE_ULR)"]
+    assert problems == [
+        "api.base_ulr: unknown key; did you mean 'base_url'? (from ROTATOR_API__BASE_ULR)"
+    ]
 
 
 def test_env_bad_value_names_the_variable(tmp_path: Path) -> None:
@@ -295,16 +297,34 @@ def test_env_accounts_entry_errors_name_the_variable(tmp_path: Path) -> None:
 # ---- unknown keys and bad values ----
 
 
+def test_unknown_sections_are_named_with_a_guess(tmp_path: Path) -> None:
+    """Prove [ratelimit] is an unknown section with rate_limit suggested."""
+    problems = problems_of(write_config(tmp_path, "[ratelimit]\nwrites = 3\n" + ENTRY))
+    assert problems == ["ratelimit: unknown section; did you mean 'rate_limit'?"]
+
+
+def test_environment_variables_that_set_nothing_are_warnings(tmp_path: Path) -> None:
+    """Prove ROTATOR_RATELIMIT__WRITES loads with a warning naming the real variable."""
+    environ = {"ROTATOR_RATELIMIT__WRITES": "3", "ROTATOR_COLOUR": "x", "ROTATOR_CONFIG": "y"}
+    settings = load_settings(write_config(tmp_path, ENTRY), environ)
+    assert settings.env_warnings == (
+        "ROTATOR_RATELIMIT__WRITES sets nothing and is ignored (no section 'ratelimit'); "
+        "did you mean ROTATOR_RATE_LIMIT__WRITES?",
+        "ROTATOR_COLOUR sets nothing and is ignored (no section 'colour')",
+    )
+    assert settings.rate_limit.writes == 30
+
+
 def test_unknown_keys_everywhere_are_reported(tmp_path: Path) -> None:
-    """Prove unknown keys at the top, in a section and in an entry each get a line."""
+    """Prove unknown keys at the top, in a section and in an entry each get a line and a guess."""
     text = (
         'colour = "blue"\n[retry]\nattemps = 3\n[[accounts]]\naccount = "a"\n'
         'folder = "f"\nshedule = "every 5m"\n'
     )
     problems = problems_of(write_config(tmp_path, text))
-    assert "colour: unknown key" in problems
-    assert "retry.attemps: unknown key" in problems
-    assert "accounts[0].shedule: unknown key" in problems
+    assert "colour: unknown key" in problems  # nothing close enough to guess
+    assert "retry.attemps: unknown key; did you mean 'attempts'?" in problems
+    assert "accounts[0].shedule: unknown key; did you mean 'schedule'?" in problems
     assert "accounts[0].schedule: required" in problems
 
 

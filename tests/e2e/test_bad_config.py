@@ -99,12 +99,12 @@ CASES = [
     ),
     pytest.param(
         _config_text(sections="[retyr]\nattempts = 3\n"),
-        ["retyr: unknown key"],
+        ["retyr: unknown section; did you mean 'retry'?"],
         id="unknown-top-level-key",
     ),
     pytest.param(
         _config_text(sections="[retry]\nattemps = 3\n"),
-        ["retry.attemps: unknown key"],
+        ["retry.attemps: unknown key; did you mean 'attempts'?"],
         id="unknown-key-in-section",
     ),
     pytest.param(
@@ -163,7 +163,7 @@ CASES = [
             entries=(ENTRY.replace("every 6h", "61 * * * *") + 'timezone = "Nowhere"\n',),
         ),
         [
-            "retry.attemps: unknown key",
+            "retry.attemps: unknown key; did you mean 'attempts'?",
             "accounts[0].schedule: '61 * * * *' is not a valid cron expression",
             "accounts[0].timezone: 'Nowhere' is not a known IANA time zone",
         ],

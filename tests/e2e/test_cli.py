@@ -765,6 +765,49 @@ def test_resume_unknown_account_exits_2(tmp_path: Path, fake_xquik: FakeXquik) -
     assert "carol" in line
 
 
+# -- typos and argument order ---------------------------------------------------------------
+
+
+def test_a_mistyped_command_gets_a_suggestion(tmp_path: Path) -> None:
+    """rotator stauts: exit 2, one line suggesting status; nonsense lists the commands."""
+    typo = run_cli("stauts", env=cli_env(None))
+    assert typo.returncode == 2
+    assert typo.stderr.splitlines() == [
+        "rotator: unknown command 'stauts'; did you mean 'status'? (see 'rotator --help')"
+    ]
+    nonsense = run_cli("frobnicate", env=cli_env(None))
+    assert nonsense.returncode == 2
+    (line,) = nonsense.stderr.splitlines()
+    assert "did you mean" not in line
+    assert "commands: run, check, plan, rotate, status, history, resume, health" in line
+
+
+def test_config_may_come_before_or_after_the_command(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """rotator --config P status and rotator status --config P read the same config."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
+    before = run_cli("--config", str(config), "status", "--json", env=cli_env(None))
+    after = run_cli("status", "--json", "--config", str(config), env=cli_env(None))
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    reports = [json.loads(result.stdout) for result in (before, after)]
+    assert [report["state_dir"] for report in reports] == [str(tmp_path / "state")] * 2
+    folders = [[entry["folder"] for entry in report["entries"]] for report in reports]
+    assert folders == [[str(tmp_path / "alice"), str(tmp_path / "bob")]] * 2
+
+
+def test_a_rotator_variable_that_sets_nothing_is_a_warning(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """ROTATOR_RATELIMIT__WRITES: check still passes, and stderr names the real variable."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    result = _cli(config, "check", env=cli_env(None, {"ROTATOR_RATELIMIT__WRITES": "3"}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "rotator: warning: ROTATOR_RATELIMIT__WRITES sets nothing and is ignored (no section "
+        "'ratelimit'); did you mean ROTATOR_RATE_LIMIT__WRITES?"
+    ]
+
+
 # -- history ---------------------------------------------------------------------------------
 
 
