@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import signal
 import sys
 from collections.abc import Mapping
@@ -458,14 +459,33 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def relative_time(iso: str | None, now: dt.datetime) -> str:
+    """Return ``iso`` with how far it is from ``now``: ``... (in 2h 5m)``, ``... (3m ago)``."""
+    if iso is None:
+        return "-"
+    try:
+        when = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    seconds = (when - now).total_seconds()
+    # The two largest units are enough to read at a glance ("1d 4h", not "1d4h12m9s").
+    parts = re.findall(r"\d+[a-z]+", format_duration(abs(round(seconds))))[:2]
+    span = " ".join(parts)
+    if abs(seconds) < 1:
+        return f"{iso} (now)"
+    return f"{iso} (in {span})" if seconds > 0 else f"{iso} ({span} ago)"
+
+
 def _print_status(report: dict[str, Any]) -> None:
+    now = _now()
     out = sys.stdout
     out.write(f"daemon: {report['daemon']}  (state: {report['state_dir']})\n")
     for item in report["entries"]:
         out.write(f"\n{item['account']}  {item['folder']}  {item['schedule']}\n")
-        out.write(f"  last success:  {item['last_success'] or 'never'}\n")
+        last = relative_time(item["last_success"], now) if item["last_success"] else "never"
+        out.write(f"  last success:  {last}\n")
         out.write(f"  current image: {item['current_image'] or '-'}\n")
-        out.write(f"  next due:      {item['next_due'] or '-'}\n")
+        out.write(f"  next due:      {relative_time(item['next_due'], now)}\n")
         if item["last_error"]:
             out.write(f"  last error:    {item['last_error']}\n")
         if item["uncertain"]:
@@ -477,7 +497,8 @@ def _print_status(report: dict[str, Any]) -> None:
     out.write("\npauses: " + ("none" if not report["pauses"] else "") + "\n")
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
-        out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
+        until = relative_time(pause["until"], now)
+        out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {until}\n")
         out.write(f"    next step: {pause['next_step']}\n")
 
 
