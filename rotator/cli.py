@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = command("resume", "end a pause by hand")
     resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
 
+    command("reload", "make the running daemon re-read its config, and report the outcome")
+
     health = command("health", "exit 0 when the running daemon can do its job")
     health.add_argument(
         "--allow-paused",

@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from typing import Any
 from rotator.advice import SELF_ENDING_KINDS, SHORT_KINDS, next_step
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
-from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
+from rotator.config import (
+    AccountEntry,
+    Settings,
+    choose_state_dir,
+    load_settings,
+    resolve_config_path,
+)
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import (
     ConfigError,
@@ -620,6 +627,72 @@ def resume(args: argparse.Namespace) -> int:
         except OSError:
             pass
     return 0
+
+
+# -- reload --------------------------------------------------------------------------------
+
+RELOAD_WAIT_SECONDS = 60.0  # a reload rescans changed folders: give it time
+
+
+def reload(args: argparse.Namespace) -> int:
+    """Ask the running daemon to re-read its config; wait for the outcome and report it.
+
+    This is the unit's ``ExecReload=``: its exit status is what ``systemctl reload``
+    reports, so a config the daemon refused makes the reload fail, with the reason.
+    A config this command cannot read is still sent to the daemon: it says why it keeps
+    the old one, and ``systemctl status`` shows it.
+    """
+    environ = dict(os.environ)
+    try:
+        state_dir = _settings(args, environ).state_dir
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"rotator: {problem}\n")
+        # Where the daemon keeps its state without state.dir: what the broken file may hold.
+        state_dir = choose_state_dir(None, environ, resolve_config_path(args.config, environ))
+    beat = read_heartbeat(state_dir)
+    pid = beat[1].get("pid") if beat is not None else None
+    if beat is None or not isinstance(pid, int) or not _is_fresh(_age(beat[0])):
+        sys.stderr.write(f"rotator: no running daemon (no fresh heartbeat in {state_dir})\n")
+        return 1
+    before = _reload_outcome(beat[1])
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        sys.stderr.write(f"rotator: cannot signal the daemon (pid {pid}): {exc.strerror}\n")
+        return 1
+    deadline = time.monotonic() + RELOAD_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        beat = read_heartbeat(state_dir)
+        outcome = _reload_outcome(beat[1]) if beat is not None else before
+        if outcome["count"] <= before["count"]:
+            continue
+        if outcome["ok"]:
+            sys.stdout.write(f"reloaded (pid {pid})\n")
+            return 0
+        for problem in outcome["problems"]:
+            sys.stderr.write(f"rotator: reload failed: {problem}\n")
+        sys.stderr.write("rotator: the daemon keeps running on its previous config\n")
+        return 1
+    sys.stderr.write(f"rotator: no reload outcome from the daemon in {RELOAD_WAIT_SECONDS:.0f}s\n")
+    return 1
+
+
+def _age(when: dt.datetime) -> float:
+    return (_now() - when).total_seconds()
+
+
+def _reload_outcome(summary: Mapping[str, object]) -> dict[str, Any]:
+    """Read the last reload's outcome from a heartbeat summary (count 0: none yet)."""
+    raw = summary.get("reload")
+    outcome = raw if isinstance(raw, dict) else {}
+    count, problems = outcome.get("count"), outcome.get("problems")
+    return {
+        "count": count if isinstance(count, int) else 0,
+        "ok": outcome.get("ok") is True,
+        "problems": [str(p) for p in problems] if isinstance(problems, list) else [],
+    }
 
 
 # -- health --------------------------------------------------------------------------------

@@ -27,7 +27,14 @@ from rotator.config import AccountEntry, Settings, load_settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.logs import add_listener, add_secret, configure, emit, remove_listener
+from rotator.logs import (
+    add_listener,
+    add_secret,
+    configure,
+    emit,
+    redact_text,
+    remove_listener,
+)
 from rotator.metrics import EntryFigures, Metrics, Snapshot
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
@@ -152,6 +159,8 @@ class Daemon:
         self._rng = random.Random()  # noqa: S311 - jitter is not cryptography
         self._stop = asyncio.Event()
         self._stopped_by = "error"  # until a signal asks for the stop
+        # The last reload's outcome, in the heartbeat for `rotator reload` to wait on.
+        self._reload_outcome: dict[str, object] = {"count": 0, "ok": True, "problems": []}
         self._reload_requested = asyncio.Event()
         self._runs: dict[str, _EntryRun] = {}
         self._catalogs: dict[Path, Catalog] = {}
@@ -352,6 +361,7 @@ class Daemon:
                 if (when := self.scheduler.next_due(entry_id)) is not None
             },
             "status": self._status_line(),
+            "reload": self._reload_outcome,
         }
         write_heartbeat(self.state_dir, _now(), summary)
         self.notifier.status(self._status_line())
@@ -409,6 +419,10 @@ class Daemon:
             parts.append(f"{len(pauses)} paused: " + "; ".join(p.describe() for p in pauses))
         if self.dry_run:
             parts.append("dry run")
+        if not self._reload_outcome["ok"]:
+            problems = self._reload_outcome["problems"]
+            first = problems[0] if isinstance(problems, list) and problems else "?"
+            parts.insert(0, f"reload failed ({first}); running the previous config")
         return ", ".join(parts)
 
     # -- entries, catalogs, schedules ------------------------------------------------
@@ -660,7 +674,7 @@ class Daemon:
         except RotatorError as exc:
             problems = getattr(exc, "problems", None) or [str(exc)]
             emit("daemon.reload_failed", problems=problems, kept="the running config")
-            self.notifier.ready(self._status_line())
+            self._reload_done(problems)
             return
         self.settings = new
         configure(new.log.level, new.log.format)
@@ -689,7 +703,21 @@ class Daemon:
             new_key=new_key,
             needs_restart=_restart_only_changes(old, new),
         )
+        self._reload_done([])
+
+    def _reload_done(self, problems: list[str]) -> None:
+        """Publish a reload's outcome: STATUS= and READY=1, and the heartbeat at once."""
+        count = self._reload_outcome["count"]
+        self._reload_outcome = {
+            "count": (count if isinstance(count, int) else 0) + 1,
+            "ok": not problems,
+            "problems": [redact_text(str(problem)) for problem in problems],
+        }
         self.notifier.ready(self._status_line())
+        try:
+            self._beat()
+        except OSError as exc:  # `rotator reload` then times out and says so
+            emit("daemon.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _close_when_idle(self, client: XquikClient) -> None:
         """Close a replaced client once the writes (and polls) that use it are over."""
