@@ -8,10 +8,13 @@ it; gauges come from a snapshot the daemon refreshes with its heartbeat.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -31,6 +34,20 @@ from rotator.errors import ConfigError
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def entry_label(account: str, folder: Path, config_dir: Path) -> str:
+    """Return the ``entry`` label of one entry without the host's absolute paths.
+
+    A folder under the config's directory is named relative to it (``alice:avatars/day``);
+    any other by its last part and a short hash of the whole path, which keeps two
+    folders of the same name apart (``alice:day~3f2a9c``).
+    """
+    try:
+        return f"{account}:{folder.relative_to(config_dir).as_posix()}"
+    except ValueError:
+        digest = hashlib.sha256(os.fsencode(folder)).hexdigest()[:6]
+        return f"{account}:{folder.name}~{digest}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

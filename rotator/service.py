@@ -35,7 +35,7 @@ from rotator.logs import (
     redact_text,
     remove_listener,
 )
-from rotator.metrics import EntryFigures, Metrics, Snapshot
+from rotator.metrics import EntryFigures, Metrics, Snapshot, entry_label
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
@@ -385,7 +385,9 @@ class Daemon:
             entries.append(
                 EntryFigures(
                     account=run.entry.account,
-                    entry=entry_id,
+                    entry=entry_label(
+                        run.entry.account, run.entry.folder, self.settings.config_path.parent
+                    ),
                     next_rotation=due.timestamp() if due else None,
                     last_success=saved.last_success.timestamp() if saved.last_success else None,
                     usable_images=len(run.catalog.usable()),

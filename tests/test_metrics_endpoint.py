@@ -5,12 +5,13 @@ from __future__ import annotations
 import platform
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import rotator
-from rotator.metrics import Metrics
+from rotator.metrics import Metrics, entry_label
 
 
 @pytest.fixture
@@ -64,3 +65,15 @@ def test_reloads_are_counted_by_result(served: tuple[Metrics, str]) -> None:
     metrics.observe({"event": "daemon.reload_failed", "problems": ["x"]})
     counted = {labels["result"]: value for labels, value in scrape(url)["rotator_reloads_total"]}
     assert counted == {"success": 2.0, "failure": 1.0}
+
+
+def test_entry_labels_carry_no_absolute_host_path() -> None:
+    """A folder under the config's directory is named relative to it; others by name and hash."""
+    config_dir = Path("/etc/rotator")
+    assert entry_label("alice", Path("/etc/rotator/avatars/day"), config_dir) == "alice:avatars/day"
+    outside = entry_label("alice", Path("/srv/customer-a/day"), config_dir)
+    other = entry_label("alice", Path("/srv/customer-b/day"), config_dir)
+    assert outside.startswith("alice:day~")
+    assert other.startswith("alice:day~")
+    assert outside != other
+    assert "/srv" not in outside
