@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,7 @@ from rotator.logs import add_secret, configure, emit, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
-from rotator.state import DB_NAME, Pause, StateStore, read_heartbeat
+from rotator.state import DB_NAME, Pause, StateStore, copy_state, read_heartbeat
 from rotator.systemd import SystemdNotifier
 
 
@@ -149,9 +150,17 @@ def rotate(args: argparse.Namespace) -> int:
         raise _unknown_account(args.account)
     key = None if args.dry_run else _key(settings, environ)
     configure(settings.log.level, settings.log.format)
-    results = asyncio.run(
-        rotate_now(settings, key, entries, image=args.image, dry_run=args.dry_run)
-    )
+    with tempfile.TemporaryDirectory(prefix="rotator-dry-run-") as scratch:
+        # A dry run works on a copy of the real state: it previews exactly what the next
+        # real rotation would send (positions, pauses, refusals) and changes none of it.
+        preview = Path(scratch) if args.dry_run else None
+        if preview is not None:
+            copy_state(settings.state_dir, preview)
+        results = asyncio.run(
+            rotate_now(
+                settings, key, entries, image=args.image, dry_run=args.dry_run, state_dir=preview
+            )
+        )
     for result in results:
         sys.stderr.write(
             f"{result.account}: {result.kind}"

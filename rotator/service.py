@@ -751,9 +751,13 @@ async def rotate_now(
     *,
     image: str | None,
     dry_run: bool,
+    state_dir: Path | None = None,
 ) -> list[RotationResult]:
-    """Rotate ``entries`` once now (``rotator rotate``); pauses are reported, not waited."""
-    state_dir = state_dir_for(settings, dry_run=dry_run)
+    """Rotate ``entries`` once now (``rotator rotate``); pauses are reported, not waited.
+
+    ``state_dir`` overrides where the state is read and written (a dry run's scratch copy).
+    """
+    state_dir = state_dir or state_dir_for(settings, dry_run=dry_run)
     with StateStore.open(state_dir, lock=True) as state:
         pauses = PauseBoard(state, policy_settings(settings))
         pauses.restore()

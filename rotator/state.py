@@ -32,6 +32,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -810,6 +811,29 @@ def _pause_key(scope: PauseScope, account: str | None) -> tuple[str, str]:
 
 
 # --- heartbeat (a small file, not SQLite: `rotator health` must never wait on a lock) -------
+
+
+def copy_state(source_dir: Path, dest_dir: Path) -> bool:
+    """Copy the database in ``source_dir`` into ``dest_dir``; False when there is none.
+
+    A consistent snapshot through SQLite's backup API, safe while a daemon writes to
+    the source: a dry run works on the copy, so it sees the real positions and pauses
+    and changes nothing of them.
+    """
+    source = source_dir / DB_NAME
+    if not source.exists():
+        return False
+    _make_dir(dest_dir)
+    uri = f"file:{urllib.parse.quote(str(source))}?mode=ro"
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(uri, uri=True)) as reader,
+            contextlib.closing(sqlite3.connect(dest_dir / DB_NAME)) as writer,
+        ):
+            reader.backup(writer)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot copy the state in {source_dir}: {exc}") from exc
+    return True
 
 
 def write_heartbeat(state_dir: Path, now: dt.datetime, summary: Mapping[str, object]) -> None:

@@ -142,6 +142,38 @@ def test_rotate_dry_run_needs_no_key(tmp_path: Path, fake_xquik: FakeXquik) -> N
     assert fake_xquik.requests() == []
 
 
+def test_rotate_dry_run_previews_the_next_real_image_and_changes_nothing(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """After img1 and img2 went out, --dry-run names img10 (twice), then the real one sends it."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    env = cli_env(fake_xquik.api_key)
+    for _ in range(2):
+        assert _cli(config, "rotate", "--account", "alice", env=env).returncode == 0
+    state_files = {
+        path: path.read_bytes() for path in (tmp_path / "state").rglob("*") if path.is_file()
+    }
+
+    def previewed() -> list[str]:
+        result = _cli(config, "rotate", "--account", "alice", "--dry-run", env=cli_env(None))
+        assert result.returncode == 0, result.stderr
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        return [e["image"] for e in events if e["event"] == "avatar.would_upload"]
+
+    assert previewed() == ["img10.png"]
+    assert previewed() == ["img10.png"], "a dry run must not move the real position"
+    assert not (tmp_path / "state" / "dry-run").exists()
+    for path, content in state_files.items():
+        if path.suffix == ".db":
+            assert path.read_bytes() == content, f"{path.name} changed"
+    # It also works beside a running daemon, whose lock it never needs.
+    daemon = start_daemon(config)
+    (uploaded,) = daemon.wait_for("avatar.uploaded")  # bob's first; alice is not due
+    assert uploaded["account"] == "bob"
+    assert previewed() == ["img10.png"]
+    assert daemon.stop() == 0
+
+
 def test_key_from_key_file(tmp_path: Path, fake_xquik: FakeXquik) -> None:
     """api.key_file (relative to the config, chmod 600) supplies the key; it is never shown."""
     secret = tmp_path / "secret" / "xquik.key"
