@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--account", metavar="NAME", help="only this account's entries")
     rotate.add_argument("--image", metavar="PATH", help="send this image (in the entry's folder)")
     rotate.add_argument("--dry-run", action="store_true", help="do everything but the write")
+    rotate.add_argument("--json", action="store_true", help="print JSON for tools")
 
     status = command("status", "show positions, pauses and errors from the state")
     status.add_argument("--json", action="store_true", help="print JSON for tools")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="healthy while alive, even if a pause stops every rotation",
     )
+    health.add_argument("--json", action="store_true", help="print JSON for tools")
     return parser
 
 

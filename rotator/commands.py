@@ -149,7 +149,8 @@ def rotate(args: argparse.Namespace) -> int:
     if not entries:
         raise _unknown_account(args.account)
     key = None if args.dry_run else _key(settings, environ)
-    configure(settings.log.level, settings.log.format)
+    # A one-shot command: its results go to stdout, its log lines to stderr.
+    configure(settings.log.level, settings.log.format, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="rotator-dry-run-") as scratch:
         # A dry run works on a copy of the real state: it previews exactly what the next
         # real rotation would send (positions, pauses, refusals) and changes none of it.
@@ -161,8 +162,21 @@ def rotate(args: argparse.Namespace) -> int:
                 settings, key, entries, image=args.image, dry_run=args.dry_run, state_dir=preview
             )
         )
-    for result in results:
-        sys.stderr.write(
+    if args.json:
+        _print_json(
+            [
+                {
+                    "account": result.account,
+                    "result": result.kind,
+                    "image": result.image,
+                    "reason": result.reason or None,
+                    "ok": result.ok,
+                }
+                for result in results
+            ]
+        )
+    for result in [] if args.json else results:
+        sys.stdout.write(
             f"{result.account}: {result.kind}"
             + (f" {result.image}" if result.image else "")
             + (f" ({result.reason})" if result.reason and not result.ok else "")
@@ -716,21 +730,26 @@ def health(args: argparse.Namespace) -> int:
     """
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    verdict = _health(settings, allow_paused=args.allow_paused)
+    if args.json:
+        _print_json(verdict)
+    else:
+        sys.stdout.write(f"{verdict['line']}\n")
+    return 0 if verdict["healthy"] else 1
+
+
+def _health(settings: Settings, *, allow_paused: bool) -> dict[str, Any]:
+    """Judge the daemon's health: ``healthy``, the one ``line`` to print, and the facts."""
     beat = _live_heartbeat(settings)
     if beat is None:
-        sys.stdout.write(
-            f"unhealthy: no heartbeat in {settings.state_dir} (is the daemon running?)\n"
-        )
-        return 1
+        line = f"unhealthy: no heartbeat in {settings.state_dir} (is the daemon running?)"
+        return {"healthy": False, "line": line, "pid": None}
     age, summary, dry_run = beat
+    facts: dict[str, Any] = {"pid": summary.get("pid"), "heartbeat_age_s": round(age, 1)}
+    facts["dry_run"] = dry_run
     if not _is_fresh(age):
-        sys.stdout.write(
-            f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)\n"
-        )
-        return 1
-    line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
-    if dry_run:
-        line += " (dry run)"
+        line = f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)"
+        return {"healthy": False, "line": line, **facts}
     now = _now()
     try:
         with StateStore.open(
@@ -738,17 +757,17 @@ def health(args: argparse.Namespace) -> int:
         ) as state:
             pauses = [pause for pause in state.pauses() if pause.until > now]
     except StateError as exc:
-        sys.stdout.write(f"unhealthy: the state cannot be read: {exc}\n")
-        return 1
+        return {"healthy": False, "line": f"unhealthy: the state cannot be read: {exc}", **facts}
+    facts["paused"] = sorted({_pause_parts(pause)[0] for pause in pauses})
     blocked = _blocking_pause(settings, pauses)
-    if blocked is not None and not args.allow_paused:
-        sys.stdout.write(f"unhealthy: {blocked}\n")
-        return 1
+    if blocked is not None and not allow_paused:
+        return {"healthy": False, "line": f"unhealthy: {blocked}", **facts}
+    line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
+    if dry_run:
+        line += " (dry run)"
     if pauses:
-        kinds = sorted({_pause_parts(pause)[0] for pause in pauses})
-        line += "; paused: " + ", ".join(kinds)
-    sys.stdout.write(line + "\n")
-    return 0
+        line += "; paused: " + ", ".join(facts["paused"])
+    return {"healthy": True, "line": line, **facts}
 
 
 def _blocking_pause(settings: Settings, pauses: list[Pause]) -> str | None:

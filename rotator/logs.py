@@ -132,6 +132,19 @@ def writes_to_journal(stream: TextIO) -> bool:
     return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
 
 
+def wants_colour(stream: TextIO) -> bool:
+    """Tell whether to colour lines for ``stream``: only a terminal, and never under NO_COLOR.
+
+    no-color.org: a set, non-empty ``NO_COLOR`` turns colour off whatever else holds.
+    """
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _with_priority(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
     """Wrap ``renderer`` so each line starts with its syslog priority (``<4>{...}``)."""
 
@@ -154,7 +167,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     output = stream or sys.stdout
     renderer: structlog.typing.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(colors=wants_colour(output))
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     if writes_to_journal(output):

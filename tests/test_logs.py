@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import pty
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -284,3 +285,19 @@ def test_other_streams_get_no_priority_prefix(
         logs.configure(level="debug", stream=stream)
         logs.emit("pause.started", account="alice")
     assert json.loads(path.read_text(encoding="utf-8"))["event"] == "pause.started"
+
+
+def test_colour_only_on_a_terminal_and_never_under_no_color(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A pseudo-terminal gets colour; a file does not; NO_COLOR=1 turns it off (no-color.org)."""
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal, (tmp_path / "file").open("w") as plain:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        assert logs.wants_colour(terminal) is True
+        assert logs.wants_colour(plain) is False
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert logs.wants_colour(terminal) is False
+        monkeypatch.setenv("NO_COLOR", "")  # empty: as if unset
+        assert logs.wants_colour(terminal) is True
+    os.close(leader)

@@ -19,7 +19,7 @@ from harness import cli_env, make_image, run_cli, write_config
 import rotator
 from rotator.state import StateStore, write_heartbeat
 
-COMMANDS = ("run", "check", "plan", "rotate", "status", "resume", "health")
+COMMANDS = ("run", "check", "plan", "rotate", "status", "history", "resume", "reload", "health")
 
 
 def _setup(
@@ -134,7 +134,7 @@ def test_rotate_dry_run_needs_no_key(tmp_path: Path, fake_xquik: FakeXquik) -> N
     config, _ = _setup(tmp_path, fake_xquik)
     result = _cli(config, "rotate", "--dry-run", env=cli_env(None))
     assert result.returncode == 0, result.stderr
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # logs: stderr
     assert {e["account"] for e in events if e["event"] == "avatar.would_upload"} == {
         "alice",
         "bob",
@@ -157,7 +157,7 @@ def test_rotate_dry_run_previews_the_next_real_image_and_changes_nothing(
     def previewed() -> list[str]:
         result = _cli(config, "rotate", "--account", "alice", "--dry-run", env=cli_env(None))
         assert result.returncode == 0, result.stderr
-        events = [json.loads(line) for line in result.stdout.splitlines()]
+        events = [json.loads(line) for line in result.stderr.splitlines()]
         return [e["image"] for e in events if e["event"] == "avatar.would_upload"]
 
     assert previewed() == ["img10.png"]
@@ -539,12 +539,18 @@ def test_rotate_once_for_every_entry(tmp_path: Path, fake_xquik: FakeXquik) -> N
     assert bob.file is not None
     assert alice.file.data == images["alice/img1.png"]
     assert bob.file.data == images["bob/one.png"]
-    assert sorted(result.stderr.splitlines()) == [
+    # Results on stdout, log lines on stderr: `rotator rotate | ...` reads only results.
+    assert sorted(result.stdout.splitlines()) == [
         "alice: uploaded img1.png",
         "bob: uploaded one.png",
     ]
-    uploaded = [json.loads(line) for line in result.stdout.splitlines()]
+    uploaded = [json.loads(line) for line in result.stderr.splitlines()]
     assert len([e for e in uploaded if e["event"] == "avatar.uploaded"]) == 2
+    again = _cli(config, "rotate", "--json", env=cli_env(fake_xquik.api_key))
+    assert sorted(
+        (item["account"], item["result"], item["image"], item["ok"])
+        for item in json.loads(again.stdout)
+    ) == [("alice", "uploaded", "img2.jpg", True), ("bob", "uploaded", "two.png", True)]
 
 
 def test_rotate_one_account(tmp_path: Path, fake_xquik: FakeXquik) -> None:
@@ -577,7 +583,7 @@ def test_rotate_image_outside_the_folders_exits_2(tmp_path: Path, fake_xquik: Fa
     make_image(outside, seed=42)
     result = _cli(config, "rotate", "--image", str(outside), env=cli_env(fake_xquik.api_key))
     assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("rotator: ")]
     assert "--image" in line
     assert "elsewhere.png" in line
     assert fake_xquik.writes() == []
@@ -617,7 +623,7 @@ def test_rotate_failing_write_exits_1(tmp_path: Path, fake_xquik: FakeXquik, fai
     writes = fake_xquik.writes("alice")
     assert writes
     assert all(w.status in (400, 403) for w in writes)
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("alice:")]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("alice:")]
     assert "uploaded" not in line
 
 
@@ -714,7 +720,7 @@ def test_credits_pause_shown_then_resumed(tmp_path: Path, fake_xquik: FakeXquik)
     fake_xquik.script(*[no_credits] * 4)
     rotated = _cli(config, "rotate", "--account", "alice", env=env)
     assert rotated.returncode == 1
-    assert any(json.loads(line)["event"] == "pause.started" for line in rotated.stdout.splitlines())
+    assert any(json.loads(line)["event"] == "pause.started" for line in rotated.stderr.splitlines())
 
     report = json.loads(_cli(config, "status", "--json", env=env).stdout)
     (pause,) = report["pauses"]
@@ -811,7 +817,7 @@ def test_a_mistyped_command_gets_a_suggestion(tmp_path: Path) -> None:
     assert nonsense.returncode == 2
     (line,) = nonsense.stderr.splitlines()
     assert "did you mean" not in line
-    assert "commands: run, check, plan, rotate, status, history, resume, health" in line
+    assert "commands: run, check, plan, rotate, status, history, resume, reload, health" in line
 
 
 def test_config_may_come_before_or_after_the_command(tmp_path: Path, fake_xquik: FakeXquik) -> None:
@@ -960,6 +966,11 @@ def test_health_is_unhealthy_while_credits_stop_every_rotation(
     (line,) = sick.stdout.splitlines()
     assert line.startswith("unhealthy: all accounts paused: credits (insufficient_credits)")
     assert "next step: top up credits" in line
+    verdict = json.loads(_cli(config, "health", "--json", env=env).stdout)
+    assert verdict["healthy"] is False
+    assert verdict["paused"] == ["credits"]
+    assert verdict["pid"] == daemon.proc.pid
+    assert verdict["line"] == line
     alive = _cli(config, "health", "--allow-paused", env=env)
     assert alive.returncode == 0, alive.stdout
     assert alive.stdout.startswith("healthy")
