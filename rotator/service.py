@@ -29,6 +29,7 @@ from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_listener, add_secret, configure, emit, remove_listener
 from rotator.metrics import EntryFigures, Metrics, Snapshot
+from rotator.notify import start_notifier, stop_notifier
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
@@ -166,6 +167,7 @@ class Daemon:
         """Serve until asked to stop; return the exit code."""
         loop = asyncio.get_running_loop()
         self.state = StateStore.open(self.state_dir, lock=True)
+        self.notifications = start_notifier(self.settings.notify, self.environ)
         try:
             return await self._serve(loop)
         except Exception as exc:
@@ -173,6 +175,7 @@ class Daemon:
             raise
         finally:
             self.state.close()
+            await asyncio.to_thread(stop_notifier, self.notifications)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         settings = self.settings
@@ -669,6 +672,12 @@ class Daemon:
             self.api_key = key
         if new_key:
             await self.pauses.end("key", None, "a new API key was loaded")
+        if new.notify != old.notify:
+            replaced, self.notifications = (
+                self.notifications,
+                start_notifier(new.notify, self.environ),
+            )
+            self._spawn(asyncio.to_thread(stop_notifier, replaced))
         if fit_settings(new) != fit_settings(old):
             self._drop_catalogs()  # made again below with the new [images] settings
         added, removed, changed = await self._set_entries(new.accounts)
