@@ -12,12 +12,12 @@ import datetime as dt
 import json
 import os
 import random
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rotator import control, manual
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
@@ -35,7 +35,14 @@ from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
-from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
+from rotator.service import (
+    HEARTBEAT_SECONDS,
+    Daemon,
+    StateValidationCache,
+    fit_settings,
+    rotate_now,
+    state_dir_for,
+)
 from rotator.state import StateStore, read_heartbeat
 from rotator.systemd import SystemdNotifier
 
@@ -102,21 +109,22 @@ def rotate(args: argparse.Namespace) -> int:
     """Rotate now, once, for every entry (or one account's), then exit."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    entries = [e for e in settings.accounts if args.account in (None, e.account)]
-    if not entries:
-        raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
+    entries = manual.entries_of(settings.accounts, args.account)
+    if not args.dry_run:
+        # A running daemon rotates it itself: its state, its pacer, its pauses.
+        request = {"command": "rotate", "account": args.account}
+        if args.image is not None:
+            request["image"] = manual.image_path(args.image, Path.cwd())
+        reply = control.ask(settings.state_dir, request)
+        if reply is not None:
+            return _print_reply(reply, sys.stderr)
     key = None if args.dry_run else _key(settings, environ)
     configure(settings.log.level, settings.log.format)
     results = asyncio.run(
         rotate_now(settings, key, entries, image=args.image, dry_run=args.dry_run)
     )
     for result in results:
-        sys.stderr.write(
-            f"{result.account}: {result.kind}"
-            + (f" {result.image}" if result.image else "")
-            + (f" ({result.reason})" if result.reason and not result.ok else "")
-            + "\n"
-        )
+        sys.stderr.write(manual.result_line(result) + "\n")
     return 0 if all(result.ok for result in results) else 1
 
 
@@ -445,15 +453,17 @@ def status(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    """End pauses by hand: the key's and every account's, or one account's."""
+    """End pauses by hand (the key's and every account's, or one account's); reset the backoff."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    reply = control.ask(settings.state_dir, {"command": "resume", "account": args.account})
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
     try:
-        # Taking the lock proves no daemon runs; if one does, it is told below.
-        store, daemon_running = StateStore.open(settings.state_dir, lock=True), False
-    except StateLockedError:
-        store, daemon_running = StateStore.open(settings.state_dir, lock=False), True
+        store = _state_by_hand(settings)
     except StateError as exc:
+        if isinstance(exc, StateLockedError):
+            raise
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
         pauses = state.pauses()
@@ -462,26 +472,91 @@ def resume(args: argparse.Namespace) -> int:
             str(pause.account) for pause in pauses
         }:
             raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
-        ended = []
-        for pause in pauses:
-            if args.account is not None and pause.account != args.account:
-                continue
-            state.clear_pause(scope=pause.scope, account=pause.account)
-            ended.append("all accounts" if pause.scope == "key" else str(pause.account))
-    if not ended:
-        sys.stdout.write("no pause to end\n")
-        return 0
-    sys.stdout.write("ended the pause of " + ", ".join(ended) + "\n")
-    beat = _live_heartbeat(settings)
-    pid = beat[1].get("pid") if beat is not None and not beat[2] else None
-    if daemon_running and beat is not None and _is_fresh(beat[0]) and isinstance(pid, int):
-        # The running daemon re-reads its pauses from the state on SIGHUP.
-        try:
-            os.kill(pid, signal.SIGHUP)
-            sys.stdout.write(f"told the running daemon (pid {pid})\n")
-        except OSError:
-            pass
+        ended = manual.resume_offline(state, args.account)
+    sys.stdout.write(manual.resumed_message(ended) + "\n")
     return 0
+
+
+# -- pause, skip, exclude, include -----------------------------------------------------------
+
+
+def pause(args: argparse.Namespace) -> int:
+    """Hold the writes of one account (or of all) until resumed, or for a while."""
+    settings = _settings(args, dict(os.environ))
+    if args.account is not None:
+        manual.entries_of(settings.accounts, args.account)
+    request = {"command": "pause", "account": args.account, "seconds": args.for_seconds}
+    reply = control.ask(settings.state_dir, request)
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        done = manual.pause_offline(state, args.account, args.for_seconds)
+    sys.stdout.write(done + " (the daemon keeps it when it starts)\n")
+    return 0
+
+
+def skip(args: argparse.Namespace) -> int:
+    """Move an account's entries past the image their next rotation would send."""
+    settings = _settings(args, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, args.account)
+    reply = control.ask(settings.state_dir, {"command": "skip", "account": args.account})
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        fits = fit_settings(settings)
+        for entry in entries:
+            catalog = Catalog(entry.folder, fits, StateValidationCache(state), _quiet)
+            catalog.apply_scan(catalog.scan())
+            skipped = manual.skip(state, entry, catalog)
+            sys.stdout.write(f"{entry.account}: skipped {skipped}\n")
+    return 0
+
+
+def exclude(args: argparse.Namespace) -> int:
+    """Never pick an image for an account until it is included again."""
+    return _image_by_hand(args, "exclude")
+
+
+def include(args: argparse.Namespace) -> int:
+    """Let an excluded image be picked again."""
+    return _image_by_hand(args, "include")
+
+
+def _image_by_hand(args: argparse.Namespace, command: str) -> int:
+    settings = _settings(args, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, args.account)
+    image = manual.image_path(args.image, Path.cwd())
+    entry, relative = manual.entry_for_image(entries, image)
+    request = {"command": command, "account": args.account, "image": image}
+    reply = control.ask(settings.state_dir, request)
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        act = manual.exclude if command == "exclude" else manual.include
+        sys.stdout.write(act(state, entry, relative) + "\n")
+    return 0
+
+
+def _state_by_hand(settings: Settings) -> StateStore:
+    """Open the state to change it by hand: only when no daemon holds it."""
+    try:
+        return StateStore.open(settings.state_dir, lock=True)
+    except StateLockedError as exc:
+        raise RotatorError(
+            f"{exc}, and it does not answer on {control.socket_path(settings.state_dir)}; "
+            "see its log for control.unavailable, or restart it"
+        ) from None
+
+
+def _print_reply(reply: dict[str, Any], out: Any) -> int:
+    """Print the daemon's answer (an error on stderr) and return its exit code."""
+    code = int(reply["exit"])
+    message = str(reply.get("message", ""))
+    if code != 0 and not reply.get("results"):
+        sys.stderr.write(f"rotator: {message}\n")
+    elif message:
+        out.write(message + "\n")
+    return code
 
 
 # -- health --------------------------------------------------------------------------------

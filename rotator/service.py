@@ -20,16 +20,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rotator import __version__
+from rotator import __version__, manual
 from rotator.catalog import CacheEntry, Catalog, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
+from rotator.control import ControlServer
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_listener, add_secret, configure, emit, remove_listener
 from rotator.metrics import EntryFigures, Metrics, Snapshot
-from rotator.notify import start_notifier, stop_notifier
+from rotator.notify import Notifier, start_notifier, stop_notifier
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
@@ -123,7 +124,7 @@ class _EntryRun:
 
     entry: AccountEntry
     catalog: Catalog
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[RotationResult | None] | None = None
     retired: bool = False  # removed by a reload: its rotation ends after the write on the wire
     fired_at: dt.datetime | None = None  # the latest due time, merged ones included
 
@@ -160,6 +161,8 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self._retired: set[_EntryRun] = set()
         self.metrics: Metrics | None = None
+        self.notifications: Notifier | None = None
+        self._control: ControlServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -216,6 +219,7 @@ class Daemon:
             )
             self._start_metrics()
             self.pauses.restore()
+            await self._start_control()
             self.watcher.start()
             await self._set_entries(settings.accounts)
             self.scheduler.start()
@@ -263,6 +267,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("control", self._stop_control),
             ("pauses", self.pauses.close),
             ("watcher", lambda: asyncio.to_thread(self.watcher.stop)),
             ("metrics", self._stop_metrics),
@@ -275,6 +280,20 @@ class Daemon:
             except Exception as exc:  # best effort: log it and go on closing the rest
                 emit("daemon.shutdown_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
         emit("daemon.stopped", reason="signal", drained=len(writing))
+
+    async def _start_control(self) -> None:
+        control = ControlServer(self.state_dir, lambda request: manual.handle(self, request))
+        try:
+            await control.start()
+        except OSError as exc:  # the daemon still rotates; commands act on the state instead
+            emit("control.unavailable", path=str(control.path), reason=str(exc))
+            return
+        self._control = control
+        emit("control.listening", path=str(control.path))
+
+    async def _stop_control(self) -> None:
+        if self._control is not None:
+            await self._control.close()
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -515,13 +534,41 @@ class Daemon:
     def _on_missed(self, entry_id: str, kind: str) -> None:
         emit("schedule.missed", entry=entry_id, kind=kind)
 
-    async def _rotate(self, run: _EntryRun) -> None:
+    # -- by hand, through the control socket ------------------------------------------
+
+    def catalog_of(self, entry_id: str) -> Catalog | None:
+        """Return the catalog of an entry in force."""
+        run = self._runs.get(entry_id)
+        return run.catalog if run is not None else None
+
+    def is_busy(self, entry_id: str) -> bool:
+        """Tell whether a rotation of the entry is running (or waiting out a pause)."""
+        run = self._runs.get(entry_id)
+        return run is not None and run.busy
+
+    async def rotate_by_hand(self, entry_id: str, image: str | None) -> RotationResult | None:
+        """Rotate an entry now, not waiting for pauses; None when it failed inside."""
+        run = self._runs.get(entry_id)
+        if run is None or run.busy or self._stop.is_set():
+            raise RotatorError("the entry is busy or the daemon is stopping; try again soon")
+        task = asyncio.get_running_loop().create_task(self._rotate(run, image=image, by_hand=True))
+        run.task = task  # awaited (and drained at shutdown) like any rotation
+        return await task
+
+    async def _rotate(
+        self, run: _EntryRun, *, image: str | None = None, by_hand: bool = False
+    ) -> RotationResult | None:
         entry = run.entry
+        result = None
         try:
-            if entry.schedule.every is None and entry.jitter:
+            if entry.schedule.every is None and entry.jitter and not by_hand:
                 await asyncio.sleep(self._jitter(entry).total_seconds())
-            await self.rotator.rotate(
-                entry, run.catalog, stop_reason=lambda: self._stop_reason(run)
+            result = await self.rotator.rotate(
+                entry,
+                run.catalog,
+                image=image,
+                wait_for_pauses=not by_hand,
+                stop_reason=lambda: self._stop_reason(run),
             )
             if self._stop_reason(run) is None and run.fired_at is not None:
                 # Done with this due time: a restart from here on owes it nothing.
@@ -537,12 +584,14 @@ class Daemon:
                 every is not None
                 and not self._stop.is_set()
                 and self._runs.get(entry.entry_id) is run
+                and (not by_hand or (result is not None and result.ok))
             ):
                 # "every D" counts from this rotation's end: the success just recorded.
                 when = _now() + dt.timedelta(seconds=every) + self._jitter(run.entry)
                 self.scheduler.schedule_at(entry.entry_id, when)
             if self.metrics is not None:
                 self.metrics.update(self._figures())
+        return result
 
     # -- folders -----------------------------------------------------------------------
 

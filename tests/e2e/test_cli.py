@@ -666,7 +666,7 @@ def test_credits_pause_shown_then_resumed(tmp_path: Path, fake_xquik: FakeXquik)
 def test_resume_tells_the_running_daemon(
     tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
 ) -> None:
-    """resume while the daemon waits out a credits pause: the daemon ends it and rotates."""
+    """resume while the daemon waits out a credits pause: it ends it, rotates, does not reload."""
     config, _ = _setup(
         tmp_path,
         fake_xquik,
@@ -679,9 +679,10 @@ def test_resume_tells_the_running_daemon(
     _wait_for_file(tmp_path / "state" / "heartbeat.json")
     result = _cli(config, "resume", env=cli_env(fake_xquik.api_key))
     assert result.returncode == 0, result.stderr
-    assert f"told the running daemon (pid {daemon.proc.pid})" in result.stdout
+    assert result.stdout == "ended the pause of all accounts\n"
     daemon.wait_for("pause.ended", lambda e: e["scope"] == "key")
     daemon.wait_for("avatar.uploaded", count=2, timeout=20)
+    assert daemon.named("daemon.reloaded") == []
     assert daemon.stop() == 0
 
 
