@@ -19,7 +19,19 @@ from harness import cli_env, make_image, run_cli, write_config
 import rotator
 from rotator.state import write_heartbeat
 
-COMMANDS = ("run", "check", "plan", "rotate", "status", "resume", "health")
+COMMANDS = (
+    "run",
+    "check",
+    "plan",
+    "rotate",
+    "status",
+    "resume",
+    "pause",
+    "skip",
+    "exclude",
+    "include",
+    "health",
+)
 
 
 def _setup(
