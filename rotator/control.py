@@ -159,6 +159,10 @@ def ask(state_dir: Path, request: Request, timeout: float = ANSWER_TIMEOUT) -> A
             ) from None
         except OSError as exc:
             raise RotatorError(f"lost the daemon at {path}: {exc.strerror or exc}") from None
+    if not reply:
+        raise RotatorError(
+            f"the daemon at {path} closed the connection without an answer (is it stopping?)"
+        )
     try:
         parsed = json.loads(reply)
     except ValueError:

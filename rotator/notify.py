@@ -34,7 +34,18 @@ from rotator.logs import EVENT_LEVELS, add_listener, emit, redact_text, redacted
 BACKOFF_INITIAL = 1.0  # seconds before the second try; doubled for each further one
 BACKOFF_MAX = 30.0
 DRAIN_SECONDS = 5.0  # at shutdown, how long queued notifications may take to go out
-_KEY_VARIABLES = frozenset({KEY_ENV, "ROTATOR_API__KEY", "ROTATOR_API"})
+# Not handed to the command: the key (or where it is), and systemd's channels to the daemon.
+_NOT_PASSED = frozenset(
+    {
+        KEY_ENV,
+        "ROTATOR_API__KEY",
+        "ROTATOR_API",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    }
+)
 _SUMMARY_FIELDS = ("account", "scope", "kind", "reason", "error", "until", "problems", "image")
 
 
@@ -62,11 +73,14 @@ def payload(event: Mapping[str, object], now: dt.datetime) -> dict[str, Any]:
 
 
 def command_environment(environ: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, str]:
-    """Return the command's environment: the daemon's without the key, plus the event's."""
+    """Return the command's environment: the daemon's without the key, plus the event's.
+
+    Any variable whose value holds a registered secret is left out too.
+    """
     env = {
         name: value
         for name, value in environ.items()
-        if name.upper() not in _KEY_VARIABLES and redact_text(value) == value
+        if name.upper() not in _NOT_PASSED and redact_text(value) == value
     }
     encoded = json.dumps(body, default=str)
     reason = body.get("reason", body.get("error", body.get("problems")))

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,24 @@ def test_client_that_hangs_up_does_not_cancel_the_work(state_dir: Path) -> None:
             await server.close()
 
     assert asyncio.run(main())
+
+
+def test_a_connection_closed_without_an_answer_is_an_error(state_dir: Path) -> None:
+    """A daemon that hangs up mid-request (stopping) gives a clear exit-1 error, not a crash."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path(state_dir)))
+    listener.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        with pytest.raises(RotatorError, match="closed the connection without an answer"):
+            ask(state_dir, {"command": "ping"}, timeout=10)
+    finally:
+        thread.join(10)
+        listener.close()

@@ -89,7 +89,14 @@ def test_the_key_never_reaches_a_notification(
     add_secret(KEY)
     out = tmp_path / "out.json"
     script = _recorder(tmp_path, out)
-    environ = {"XQUIK_API_KEY": KEY, "ROTATOR_API__KEY": KEY, "OTHER": f"x{KEY}", "KEEP": "1"}
+    environ = {
+        "XQUIK_API_KEY": KEY,
+        "ROTATOR_API__KEY": KEY,
+        "OTHER": f"x{KEY}",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/rotator.service",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "KEEP": "1",
+    }
     settings = _settings(webhook=receiver.url, command=[str(script)], events=["*"])
     notifier = start_notifier(settings, environ)
     try:
@@ -112,6 +119,8 @@ def test_the_key_never_reaches_a_notification(
     assert "XQUIK_API_KEY" not in env
     assert "ROTATOR_API__KEY" not in env
     assert "OTHER" not in env
+    assert "CREDENTIALS_DIRECTORY" not in env, "the command is not told where the key file is"
+    assert "NOTIFY_SOCKET" not in env
     assert env["KEEP"] == "1"
     assert [e["event"] for e in events if str(e["event"]).startswith("notify.")] == [
         "notify.sent",
