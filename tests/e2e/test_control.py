@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import DaemonFactory
-from fake_xquik import FakeXquik
+from fake_xquik import FakeXquik, Reply
 from harness import DaemonProcess, cli_env, make_image, run_cli, write_config
 
 IMAGES = ("img1.png", "img2.png", "img3.png", "img10.png")
@@ -213,3 +213,24 @@ def test_bad_durations_and_missing_arguments_exit_2(tmp_path: Path, fake_xquik: 
         assert result.returncode == 2, args
         assert len(result.stderr.splitlines()) == 1, result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_rotate_while_the_entry_is_rotating_is_refused(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """rotate while the daemon's own write for alice is on the wire: exit 1, nothing extra sent."""
+    config, hashes = _setup(tmp_path, fake_xquik)
+    fake_xquik.script(Reply(delay=4.0), account="alice")
+    daemon = start_daemon(config)
+    fake_xquik.wait_for(
+        lambda reqs: any(r.is_write and r.account == "alice" for r in reqs), 15, "alice's write"
+    )
+    busy = _cli(config, "rotate", "--account", "alice", server=fake_xquik)
+    assert busy.returncode == 1
+    assert busy.stderr == "rotator: alice: a rotation is running already; try again soon\n"
+    skipping = _cli(config, "skip", "--account", "alice", server=fake_xquik)
+    assert skipping.returncode == 1
+    assert "a rotation is running" in skipping.stderr
+    daemon.wait_for("avatar.uploaded", lambda e: e["account"] == "alice")
+    assert _sent(fake_xquik, hashes) == ["img1.png"]
+    assert daemon.stop() == 0
