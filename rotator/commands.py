@@ -462,8 +462,6 @@ def resume(args: argparse.Namespace) -> int:
     try:
         store = _state_by_hand(settings)
     except StateError as exc:
-        if isinstance(exc, StateLockedError):
-            raise
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
         pauses = state.pauses()
