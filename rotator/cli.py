@@ -16,6 +16,8 @@ from rotator.durations import parse_duration
 from rotator.errors import RotatorError
 from rotator.logs import redact_text
 
+MAX_PAUSE_SECONDS = 100 * 365 * 86400.0  # a pause without --for lasts this long
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error and exit code 2."""
@@ -97,6 +99,8 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    if seconds > MAX_PAUSE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years (leave --for out)")
     return seconds
 
 

@@ -260,8 +260,10 @@ async def _handle(daemon: LiveDaemon, request: Request) -> Answer:
         if account is not None:
             _known_account(daemon, account)
         seconds = request.get("seconds")
-        if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
-            raise ConfigError("--for: must be above zero")
+        if seconds is not None and (
+            not isinstance(seconds, int | float) or not 0 < seconds <= UNTIL_RESUMED
+        ):
+            raise ConfigError("--for: must be above zero and at most 100 years")
         return answer(0, pause_live(daemon.pauses, account, seconds))
     if command == "rotate":
         return await _rotate(daemon, account, image)

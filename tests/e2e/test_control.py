@@ -206,6 +206,7 @@ def test_bad_durations_and_missing_arguments_exit_2(tmp_path: Path, fake_xquik: 
     for args in (
         ("pause", "--for", "soon"),
         ("pause", "--for", "0s"),
+        ("pause", "--for", "99999999d"),
         ("exclude", "--account", "alice"),
         ("skip",),
     ):
