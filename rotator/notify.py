@@ -150,6 +150,30 @@ class _Destination:
         self.deliver = deliver
         self.outbox: _Outbox | None = None
         self.thread: threading.Thread | None = None
+        self.dropped = 0  # dropped since the outbox was last found full, the first one logged
+        self.lock = threading.Lock()
+
+    def drop(self, name: str) -> None:
+        """Count an event the full outbox refused; log only the first of a run of them."""
+        with self.lock:
+            self.dropped += 1
+            first = self.dropped == 1
+        if first:
+            emit(
+                "notify.dropped",
+                to=self.name,
+                notification=name,
+                count=1,
+                reason="the outbox is full (the receiver is slow or down); "
+                "more are counted until it has room",
+            )
+
+    def report_drops(self, reason: str, extra: int = 0) -> None:
+        """Log how many were dropped since the first one logged (plus ``extra``), if any."""
+        with self.lock:
+            count, self.dropped = max(self.dropped - 1, 0) + extra, 0
+        if count:
+            emit("notify.dropped", to=self.name, count=count, reason=reason)
 
 
 class Notifier:
@@ -205,13 +229,12 @@ class Notifier:
             return
         body = payload(event, self._clock())
         for destination in self._destinations:
-            if destination.outbox is not None and not destination.outbox.put(body):
-                emit(
-                    "notify.dropped",
-                    to=destination.name,
-                    notification=name,
-                    reason="the outbox is full (the receiver is slow or down)",
-                )
+            if destination.outbox is None:
+                continue
+            if not destination.outbox.put(body):
+                destination.drop(name)
+            elif destination.dropped:
+                destination.report_drops("dropped while the outbox was full")
 
     def close(self, timeout: float) -> None:
         """Deliver what is queued for up to ``timeout`` seconds, then drop the rest."""
@@ -224,10 +247,11 @@ class Notifier:
                 destination.thread.join(max(0.0, deadline - time.monotonic()))
         self._abort.set()
         for destination in self._destinations:
+            destination.report_drops("dropped while the outbox was full")
             left = len(destination.outbox) if destination.outbox is not None else 0
-            alive = destination.thread is not None and destination.thread.is_alive()
-            if alive or left:
-                emit("notify.dropped", to=destination.name, count=left, reason="shutting down")
+            busy = destination.thread is not None and destination.thread.is_alive()
+            # One still being tried when time ran out counts as dropped too.
+            destination.report_drops("not delivered before shutdown", left + int(busy))
 
     # -- delivery (in the destination's thread) --------------------------------------------
 
