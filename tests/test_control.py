@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -203,3 +206,45 @@ def test_a_connection_closed_without_an_answer_is_an_error(state_dir: Path) -> N
     finally:
         thread.join(10)
         listener.close()
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # one that another user may run (the venv's is root's)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
+    reason="needs root and a system python3 to run a client as another user",
+)
+def test_another_user_is_refused_even_through_an_open_socket() -> None:
+    """With the socket's mode opened up by hand, a client of another uid is still refused."""
+    open_dir = Path(tempfile.mkdtemp(prefix="rotator-control-"))
+    try:
+        open_dir.chmod(0o755)
+
+        def client() -> subprocess.CompletedProcess[str]:
+            socket_path(open_dir).chmod(0o666)
+            code = (
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "s.connect(sys.argv[1])\n"
+                's.sendall(b\'{"version": 1, "command": "pause"}\\n\')\n'
+                "print(s.recv(4096).decode(), end='')\n"
+            )
+            return subprocess.run(
+                [str(SYSTEM_PYTHON), "-c", code, str(socket_path(open_dir))],
+                user=65534,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+
+        done = _serve_and(open_dir, _echo, client)
+    finally:
+        shutil.rmtree(open_dir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "ok": False,
+        "exit": 1,
+        "message": "refused: only the daemon's own user may control it",
+    }
