@@ -186,15 +186,22 @@ def skip(state: StateStore, entry: AccountEntry, catalog: Catalog) -> str:
 def exclude(state: StateStore, entry: AccountEntry, image: str) -> str:
     """Keep ``image`` from being picked for ``entry`` until included again."""
     added = state.exclude_image(entry_id=entry.entry_id, image=image, now=_now())
-    return f"{entry.account}: {image} {'excluded' if added else 'was already excluded'}"
+    done = f"{entry.account}: {image} {'excluded' if added else 'was already excluded'}"
+    return done + "\n" + _still_excluded(state, entry)
 
 
 def include(state: StateStore, entry: AccountEntry, image: str) -> str:
     """Let ``image`` be picked again for ``entry``."""
     removed = state.include_image(entry_id=entry.entry_id, image=image)
     if removed:
-        return f"{entry.account}: {image} included again"
-    raise RotatorError(f"{entry.account}: {image} is not excluded")
+        return f"{entry.account}: {image} included again\n" + _still_excluded(state, entry)
+    raise RotatorError(f"{entry.account}: {image} is not excluded; {_still_excluded(state, entry)}")
+
+
+def _still_excluded(state: StateStore, entry: AccountEntry) -> str:
+    images = [image for _, image in state.excluded_images(entry.entry_id)]
+    where = f"{entry.account} ({entry.folder})"
+    return f"excluded for {where}: {', '.join(images)}" if images else f"none excluded for {where}"
 
 
 def result_line(result: RotationResult) -> str:

@@ -118,14 +118,18 @@ def test_excluded_images_are_never_picked_until_included(tmp_path: Path, store: 
 
     for order in ("sequential", "shuffle", "random"):
         entry = _entry(folder, order, account=order)
-        assert manual.exclude(store, entry, "a2.png") == f"{order}: a2.png excluded"
-        assert manual.exclude(store, entry, "a2.png") == f"{order}: a2.png was already excluded"
+        listed = f"excluded for {order} ({folder}): a2.png"
+        assert manual.exclude(store, entry, "a2.png") == f"{order}: a2.png excluded\n{listed}"
+        again = manual.exclude(store, entry, "a2.png")
+        assert again == f"{order}: a2.png was already excluded\n{listed}"
         sent = asyncio.run(rotate(entry, 12))
         assert "a2.png" not in sent, order
         assert set(sent) == {"a1.png", "a3.png", "a10.png"}, order
     entry = _entry(folder, "sequential", account="sequential")
     assert store.excluded_images(entry.entry_id) == [(entry.entry_id, "a2.png")]
-    assert manual.include(store, entry, "a2.png") == "sequential: a2.png included again"
+    assert manual.include(store, entry, "a2.png") == (
+        f"sequential: a2.png included again\nnone excluded for sequential ({folder})"
+    )
     assert "a2.png" in asyncio.run(rotate(entry, 4))
     with pytest.raises(RotatorError, match="not excluded"):
         manual.include(store, entry, "a2.png")

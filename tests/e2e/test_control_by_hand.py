@@ -147,7 +147,8 @@ def test_skip_exclude_include_through_the_daemon(
         config, "exclude", "--account", "alice", "--image", "img3.png", server=fake_xquik
     )
     assert excluded.returncode == 0, excluded.stderr
-    assert excluded.stdout == "alice: img3.png excluded\n"
+    folder = tmp_path / "alice"
+    assert excluded.stdout == f"alice: img3.png excluded\nexcluded for alice ({folder}): img3.png\n"
     assert _cli(config, "rotate", "--account", "alice", server=fake_xquik).returncode == 0
     assert _cli(config, "rotate", "--account", "alice", server=fake_xquik).returncode == 0
     assert _sent(fake_xquik, hashes) == ["img1.png", "img10.png", "img1.png"]
@@ -157,10 +158,15 @@ def test_skip_exclude_include_through_the_daemon(
     absolute = str(tmp_path / "alice" / "img3.png")
     included = _cli(config, "include", "--account", "alice", "--image", absolute, server=fake_xquik)
     assert included.returncode == 0, included.stderr
-    assert included.stdout == "alice: img3.png included again\n"
+    assert (
+        included.stdout == f"alice: img3.png included again\nnone excluded for alice ({folder})\n"
+    )
     again = _cli(config, "include", "--account", "alice", "--image", absolute, server=fake_xquik)
     assert again.returncode == 1
-    assert again.stderr == "rotator: alice: img3.png is not excluded\n"
+    assert (
+        again.stderr
+        == f"rotator: alice: img3.png is not excluded; none excluded for alice ({folder})\n"
+    )
     for _ in range(2):
         assert _cli(config, "rotate", "--account", "alice", server=fake_xquik).returncode == 0
     assert _sent(fake_xquik, hashes)[3:] == ["img2.png", "img3.png"]
@@ -187,7 +193,10 @@ def test_without_a_daemon_the_commands_act_on_the_state(
     assert paused.stdout.startswith("paused bob until resumed")
     skipped = _cli(config, "skip", "--account", "alice", server=fake_xquik)
     assert skipped.stdout == "alice: skipped img2.png\n"
-    assert _cli(config, "exclude", "--account", "alice", "--image", "img3.png", server=fake_xquik)
+    excluded = _cli(
+        config, "exclude", "--account", "alice", "--image", "img3.png", server=fake_xquik
+    )
+    assert excluded.returncode == 0, excluded.stderr
     daemon = start_daemon(config)
     daemon.wait_for("control.listening")
     assert _cli(config, "rotate", "--account", "alice", server=fake_xquik).returncode == 0
