@@ -8,7 +8,8 @@ a timeout and a few retries with backoff. A full outbox drops the event and logs
 
 The command gets the JSON on stdin and the main fields in ``ROTATOR_EVENT``,
 ``ROTATOR_ACCOUNT``, ``ROTATOR_REASON``, ``ROTATOR_TEXT`` and ``ROTATOR_EVENT_JSON``; its
-environment is the daemon's minus every variable that holds the API key.
+environment is the daemon's minus every variable that holds the API key or says where it
+is, and minus systemd's notify and watchdog variables.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 from rotator import __version__
 from rotator.config import NotifySection
+from rotator.errors import RotatorError
 from rotator.keys import KEY_ENV
 from rotator.logs import EVENT_LEVELS, add_listener, emit, redact_text, redacted, remove_listener
 
@@ -49,8 +51,8 @@ _NOT_PASSED = frozenset(
 _SUMMARY_FIELDS = ("account", "scope", "kind", "reason", "error", "until", "problems", "image")
 
 
-class NotifyError(Exception):
-    """One delivery failed; ``retry`` tells whether trying again may help."""
+class NotifyError(RotatorError):
+    """One delivery failed; ``retry`` tells whether trying again may help (never leaves here)."""
 
     def __init__(self, message: str, *, retry: bool = True) -> None:
         self.retry = retry
