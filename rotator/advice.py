@@ -10,6 +10,8 @@ from __future__ import annotations
 SELF_ENDING_KINDS = frozenset({"rate_limit", "x_rate_limited", "daily"})
 # Of those, the ones that last minutes, not a day.
 SHORT_KINDS = frozenset({"rate_limit", "x_rate_limited"})
+# A pause someone asked for (`rotator pause`) is intended, never a fault.
+INTENDED_KINDS = frozenset({"manual"})
 
 
 def next_step(kind: str, account: str | None) -> str:
@@ -35,6 +37,8 @@ def next_step(kind: str, account: str | None) -> str:
         return f"X's daily limit for {who}: nothing to do, it resumes by itself"
     if kind == "x_rate_limited":
         return f"X is throttling {who}: nothing to do, it resumes by itself"
+    if kind == "manual":
+        return f"paused by hand; to go on, run: {resume}"
     if kind == "rate_limit":
         return "Xquik's rate limit: nothing to do, it resumes by itself"
     return f"see the log; {resume} ends the pause by hand"

@@ -14,8 +14,11 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from rotator import __version__
+from rotator.durations import parse_duration
 from rotator.errors import RotatorError
 from rotator.logs import redact_text
+
+MAX_PAUSE_SECONDS = 100 * 365 * 86400.0  # a pause without --for lasts this long
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = command("plan", "show the next rotations and what they cost")
     plan.add_argument("--count", type=_positive_int, default=5, metavar="N")
 
-    rotate = command("rotate", "rotate now, once, then exit")
+    rotate = command("rotate", "rotate now, once (through the daemon when it runs)")
     rotate.add_argument("--account", metavar="NAME", help="only this account's entries")
     rotate.add_argument("--image", metavar="PATH", help="send this image (in the entry's folder)")
     rotate.add_argument("--dry-run", action="store_true", help="do everything but the write")
@@ -84,8 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--json", action="store_true", help="print JSON for tools")
 
-    resume = command("resume", "end a pause by hand")
+    resume = command("resume", "end a pause by hand and reset its backoff")
     resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
+
+    pause = command("pause", "hold the writes of an account (or all) until resumed")
+    pause.add_argument("--account", metavar="NAME", help="this account only (default: all)")
+    pause.add_argument(
+        "--for", dest="for_seconds", type=_duration, metavar="D", help="end by itself after D"
+    )
+
+    skip = command("skip", "move an account past the image it would send next")
+    skip.add_argument("--account", metavar="NAME", required=True)
+
+    for name, text in (
+        ("exclude", "never pick an image until it is included again"),
+        ("include", "let an excluded image be picked again"),
+    ):
+        one = command(name, text)
+        one.add_argument("--account", metavar="NAME", required=True)
+        one.add_argument("--image", metavar="PATH", required=True, help="in the entry's folder")
 
     command("reload", "make the running daemon re-read its config, and report the outcome")
 
@@ -97,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--json", action="store_true", help="print JSON for tools")
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    if seconds > MAX_PAUSE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years (leave --for out)")
+    return seconds
 
 
 def _positive_int(text: str) -> int:

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rotator.advice import SELF_ENDING_KINDS, SHORT_KINDS, next_step
+from rotator import control, manual
+from rotator.advice import INTENDED_KINDS, SELF_ENDING_KINDS, SHORT_KINDS, next_step
 from rotator.catalog import Catalog, CatalogImage, MemoryValidationCache, natural_key
 from rotator.client import XquikClient, find_x_account
 from rotator.config import (
@@ -46,7 +47,14 @@ from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
-from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
+from rotator.service import (
+    HEARTBEAT_SECONDS,
+    Daemon,
+    StateValidationCache,
+    fit_settings,
+    rotate_now,
+    state_dir_for,
+)
 from rotator.state import DB_NAME, Pause, StateStore, copy_state, read_heartbeat
 from rotator.systemd import SystemdNotifier
 
@@ -145,9 +153,15 @@ def rotate(args: argparse.Namespace) -> int:
     """Rotate now, once, for every entry (or one account's), then exit."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    entries = [e for e in settings.accounts if args.account in (None, e.account)]
-    if not entries:
-        raise _unknown_account(args.account)
+    entries = manual.entries_of(settings.accounts, args.account)
+    if not args.dry_run:
+        # A running daemon rotates it itself: its state, its pacer, its pauses.
+        request = {"command": "rotate", "account": args.account}
+        if args.image is not None:
+            request["image"] = manual.image_path(args.image, Path.cwd())
+        reply = control.ask(settings.state_dir, request)
+        if reply is not None:
+            return _print_reply(reply, sys.stdout)
     key = None if args.dry_run else _key(settings, environ)
     # A one-shot command: its results go to stdout, its log lines to stderr.
     configure(settings.log.level, settings.log.format, stream=sys.stderr)
@@ -176,12 +190,7 @@ def rotate(args: argparse.Namespace) -> int:
             ]
         )
     for result in [] if args.json else results:
-        sys.stdout.write(
-            f"{result.account}: {result.kind}"
-            + (f" {result.image}" if result.image else "")
-            + (f" ({result.reason})" if result.reason and not result.ok else "")
-            + "\n"
-        )
+        sys.stdout.write(manual.result_line(result) + "\n")
     return 0 if all(result.ok for result in results) else 1
 
 
@@ -608,20 +617,20 @@ def _parse_since(text: str, now: dt.datetime) -> dt.datetime:
 
 
 def resume(args: argparse.Namespace) -> int:
-    """End pauses by hand: the key's and every account's, or one account's."""
+    """End pauses by hand (the key's and every account's, or one account's); reset the backoff."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    reply = control.ask(settings.state_dir, {"command": "resume", "account": args.account})
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
     configured = {entry.account for entry in settings.accounts}
     # An account no longer configured may still have a stored pause to end: look first.
     no_state = not (settings.state_dir / DB_NAME).exists()
     if args.account is not None and args.account not in configured and no_state:
         raise _unknown_account(args.account)
-    state_dir = _require_state(settings)
+    _require_state(settings)
     try:
-        # Taking the lock proves no daemon runs; if one does, it is told below.
-        store, daemon_running = StateStore.open(state_dir, lock=True), False
-    except StateLockedError:
-        store, daemon_running = StateStore.open(state_dir, lock=False), True
+        store = _state_by_hand(settings)
     except StateError as exc:
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
@@ -630,25 +639,8 @@ def resume(args: argparse.Namespace) -> int:
             str(pause.account) for pause in pauses
         }:
             raise _unknown_account(args.account)
-        ended = []
-        for pause in pauses:
-            if args.account is not None and pause.account != args.account:
-                continue
-            state.clear_pause(scope=pause.scope, account=pause.account)
-            ended.append("all accounts" if pause.scope == "key" else str(pause.account))
-    if not ended:
-        sys.stdout.write("no pause to end\n")
-        return 0
-    sys.stdout.write("ended the pause of " + ", ".join(ended) + "\n")
-    beat = _live_heartbeat(settings)
-    pid = beat[1].get("pid") if beat is not None and not beat[2] else None
-    if daemon_running and beat is not None and _is_fresh(beat[0]) and isinstance(pid, int):
-        # The running daemon re-reads its pauses from the state on SIGHUP.
-        try:
-            os.kill(pid, signal.SIGHUP)
-            sys.stdout.write(f"told the running daemon (pid {pid})\n")
-        except OSError:
-            pass
+        ended = manual.resume_offline(state, args.account)
+    sys.stdout.write(manual.resumed_message(ended) + "\n")
     return 0
 
 
@@ -718,6 +710,88 @@ def _reload_outcome(summary: Mapping[str, object]) -> dict[str, Any]:
     }
 
 
+# -- pause, skip, exclude, include -----------------------------------------------------------
+
+
+def pause(args: argparse.Namespace) -> int:
+    """Hold the writes of one account (or of all) until resumed, or for a while."""
+    settings = _settings(args, dict(os.environ))
+    if args.account is not None:
+        manual.entries_of(settings.accounts, args.account)
+    request = {"command": "pause", "account": args.account, "seconds": args.for_seconds}
+    reply = control.ask(settings.state_dir, request)
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        done = manual.pause_offline(state, args.account, args.for_seconds)
+    sys.stdout.write(done + " (the daemon keeps it when it starts)\n")
+    return 0
+
+
+def skip(args: argparse.Namespace) -> int:
+    """Move an account's entries past the image their next rotation would send."""
+    settings = _settings(args, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, args.account)
+    reply = control.ask(settings.state_dir, {"command": "skip", "account": args.account})
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        fits = fit_settings(settings)
+        for entry in entries:
+            catalog = Catalog(entry.folder, fits, StateValidationCache(state), _quiet)
+            catalog.apply_scan(catalog.scan())
+            skipped = manual.skip(state, entry, catalog)
+            sys.stdout.write(f"{entry.account}: skipped {skipped}\n")
+    return 0
+
+
+def exclude(args: argparse.Namespace) -> int:
+    """Never pick an image for an account until it is included again."""
+    return _image_by_hand(args, "exclude")
+
+
+def include(args: argparse.Namespace) -> int:
+    """Let an excluded image be picked again."""
+    return _image_by_hand(args, "include")
+
+
+def _image_by_hand(args: argparse.Namespace, command: str) -> int:
+    settings = _settings(args, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, args.account)
+    image = manual.image_path(args.image, Path.cwd())
+    entry, relative = manual.entry_for_image(entries, image)
+    request = {"command": command, "account": args.account, "image": image}
+    reply = control.ask(settings.state_dir, request)
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        act = manual.exclude if command == "exclude" else manual.include
+        sys.stdout.write(act(state, entry, relative) + "\n")
+    return 0
+
+
+def _state_by_hand(settings: Settings) -> StateStore:
+    """Open the state to change it by hand: only when no daemon holds it."""
+    try:
+        return StateStore.open(settings.state_dir, lock=True)
+    except StateLockedError as exc:
+        raise RotatorError(
+            f"{exc}, and it does not answer on {control.socket_path(settings.state_dir)}; "
+            "see its log for control.unavailable, or restart it"
+        ) from None
+
+
+def _print_reply(reply: dict[str, Any], out: Any) -> int:
+    """Print the daemon's answer (an error on stderr) and return its exit code."""
+    code = int(reply["exit"])
+    message = str(reply.get("message", ""))
+    if code != 0 and not reply.get("results"):
+        sys.stderr.write(f"rotator: {message}\n")
+    elif message:
+        out.write(message + "\n")
+    return code
+
+
 # -- health --------------------------------------------------------------------------------
 
 
@@ -772,6 +846,7 @@ def _health(settings: Settings, *, allow_paused: bool) -> dict[str, Any]:
 
 def _blocking_pause(settings: Settings, pauses: list[Pause]) -> str | None:
     """Return why no avatar can change until someone acts or a long pause ends, if so."""
+    pauses = [pause for pause in pauses if _pause_parts(pause)[0] not in INTENDED_KINDS]
     for pause in pauses:
         kind, reason = _pause_parts(pause)
         if pause.scope == "key" and kind not in SELF_ENDING_KINDS:

@@ -23,6 +23,8 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
+import shlex
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -299,6 +301,64 @@ class MetricsSection(_Section):
         return host.strip("[]"), int(port)
 
 
+def _command(value: object) -> tuple[str, ...] | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} cannot be split into words ({exc})") from None
+    elif isinstance(value, list | tuple) and all(isinstance(word, str) for word in value):
+        words = list(value)
+    else:
+        raise ValueError("must be a command line (a string) or a list of strings")
+    if not words or not words[0].strip():
+        raise ValueError("must name a program")
+    return tuple(words)
+
+
+def _webhook(value: object) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    # Unlike api.base_url a query is allowed (tokens of chat webhooks live there); it is
+    # never logged, so it is never echoed in an error either.
+    parts = urlsplit(value.strip())
+    host = parts.hostname or ""
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("is not a valid URL (the port is not a number)") from None
+    if parts.scheme not in ("http", "https") or not host or parts.fragment:
+        raise ValueError("is not a valid http(s) URL (a scheme, a host and no fragment)")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ValueError(f"must use https (http only for a loopback host, not {host!r})")
+    return value.strip()
+
+
+_EVENT_NAME = re.compile(r"[a-z_]+(\.[a-z_]+)+")
+DEFAULT_NOTIFY_EVENTS = (
+    "pause.started",
+    "pause.ended",
+    "rotation.skipped",
+    "avatar.uncertain",
+    "daemon.reload_failed",
+    "daemon.crashed",
+)
+
+
+def _events(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a list of event names such as 'pause.started'")
+    names = tuple(dict.fromkeys(item.strip() for item in value))
+    for name in names:
+        if name != "*" and not _EVENT_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an event name (such as 'pause.started', or '*')")
+    return names
+
+
 class AccountEntry(_Section):
     """One ``[[accounts]]`` entry: an account, a folder of images and a schedule."""
 
@@ -316,6 +376,17 @@ class AccountEntry(_Section):
     def entry_id(self) -> str:
         """Return the stable id of this entry: ``account:absolute folder``."""
         return f"{self.account}:{self.folder}"
+
+
+class NotifySection(_Section):
+    """Where chosen events are sent: a command, a webhook, or both (neither: off)."""
+
+    command: Annotated[tuple[str, ...] | None, BeforeValidator(_command)] = None
+    webhook: Annotated[str | None, BeforeValidator(_webhook)] = None
+    events: Annotated[tuple[str, ...], BeforeValidator(_events)] = DEFAULT_NOTIFY_EVENTS
+    timeout: PositiveDuration = 10.0
+    attempts: Integer = Field(default=3, ge=1, le=10)
+    queue: Integer = Field(default=100, ge=1)
 
 
 # ---- the settings ----
@@ -369,6 +440,7 @@ class Settings(BaseSettings):
     state: StateSection = StateSection()
     log: LogSection = LogSection()
     metrics: MetricsSection = MetricsSection()
+    notify: NotifySection = NotifySection()
     accounts: Annotated[tuple[AccountEntry, ...], AfterValidator(_not_empty)] = ()
 
     _config_path: Path = PrivateAttr()

@@ -82,6 +82,14 @@ def _redact_value(value: object) -> object:
     return redact_text(repr(value))
 
 
+def redacted(fields: Mapping[str, object]) -> dict[str, object]:
+    """Return ``fields`` as a log line would show them: secrets masked, values plain."""
+    return {
+        key: REDACTED if key.lower() in _SECRET_FIELD_NAMES else _redact_value(value)
+        for key, value in fields.items()
+    }
+
+
 def _redact(
     _logger: object, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -215,6 +223,8 @@ EVENT_LEVELS = {
     "watch.fallback": "warning",
     "daemon.reload_failed": "error",
     "daemon.crashed": "error",
+    "notify.failed": "warning",
+    "notify.dropped": "warning",
 }
 
 

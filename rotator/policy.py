@@ -27,7 +27,7 @@ Action = Literal[
     "give_up",  # end this rotation, position unchanged
 ]
 Scope = Literal["attempt", "image", "account", "key", "rotation"]
-PauseKind = Literal["rate_limit", "x_rate_limited", "daily", "account", "credits", "auth"]
+PauseKind = Literal["rate_limit", "x_rate_limited", "daily", "account", "credits", "auth", "manual"]
 
 DAY = 86400.0
 

@@ -20,10 +20,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rotator import __version__
+from rotator import __version__, manual
 from rotator.catalog import CacheEntry, Catalog, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
+from rotator.control import ControlServer
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
@@ -36,6 +37,7 @@ from rotator.logs import (
     remove_listener,
 )
 from rotator.metrics import EntryFigures, Metrics, Snapshot, entry_label
+from rotator.notify import Notifier, start_notifier, stop_notifier
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
@@ -129,7 +131,7 @@ class _EntryRun:
 
     entry: AccountEntry
     catalog: Catalog
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[RotationResult | None] | None = None
     retired: bool = False  # removed by a reload: its rotation ends after the write on the wire
     fired_at: dt.datetime | None = None  # the latest due time, merged ones included
 
@@ -169,6 +171,8 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self._retired: set[_EntryRun] = set()
         self.metrics: Metrics | None = None
+        self.notifications: Notifier | None = None
+        self._control: ControlServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class Daemon:
         """Serve until asked to stop; return the exit code."""
         loop = asyncio.get_running_loop()
         self.state = StateStore.open(self.state_dir, lock=True)
+        self.notifications = start_notifier(self.settings.notify, self.environ)
         try:
             return await self._serve(loop)
         except RotatorError:  # a problem of the setup (a busy metrics port): the CLI prints it
@@ -185,6 +190,7 @@ class Daemon:
             raise
         finally:
             self.state.close()
+            await asyncio.to_thread(stop_notifier, self.notifications)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         settings = self.settings
@@ -225,6 +231,7 @@ class Daemon:
             )
             self._start_metrics()
             self.pauses.restore()
+            await self._start_control()
             self.watcher.start()
             await self._set_entries(settings.accounts)
             self.scheduler.start()
@@ -272,6 +279,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("control", self._stop_control),
             ("pauses", self.pauses.close),
             ("watcher", lambda: asyncio.to_thread(self.watcher.stop)),
             ("metrics", self._stop_metrics),
@@ -288,6 +296,20 @@ class Daemon:
     def _stop_by_signal(self) -> None:
         self._stopped_by = "signal"
         self._stop.set()
+
+    async def _start_control(self) -> None:
+        control = ControlServer(self.state_dir, lambda request: manual.handle(self, request))
+        try:
+            await control.start()
+        except OSError as exc:  # the daemon still rotates; commands act on the state instead
+            emit("control.unavailable", path=str(control.path), reason=str(exc))
+            return
+        self._control = control
+        emit("control.listening", path=str(control.path))
+
+    async def _stop_control(self) -> None:
+        if self._control is not None:
+            await self._control.close()
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -535,13 +557,41 @@ class Daemon:
     def _on_missed(self, entry_id: str, kind: str) -> None:
         emit("schedule.missed", entry=entry_id, kind=kind)
 
-    async def _rotate(self, run: _EntryRun) -> None:
+    # -- by hand, through the control socket ------------------------------------------
+
+    def catalog_of(self, entry_id: str) -> Catalog | None:
+        """Return the catalog of an entry in force."""
+        run = self._runs.get(entry_id)
+        return run.catalog if run is not None else None
+
+    def is_busy(self, entry_id: str) -> bool:
+        """Tell whether a rotation of the entry is running (or waiting out a pause)."""
+        run = self._runs.get(entry_id)
+        return run is not None and run.busy
+
+    async def rotate_by_hand(self, entry_id: str, image: str | None) -> RotationResult | None:
+        """Rotate an entry now, not waiting for pauses; None when it failed inside."""
+        run = self._runs.get(entry_id)
+        if run is None or run.busy or self._stop.is_set():
+            raise RotatorError("the entry is busy or the daemon is stopping; try again soon")
+        task = asyncio.get_running_loop().create_task(self._rotate(run, image=image, by_hand=True))
+        run.task = task  # awaited (and drained at shutdown) like any rotation
+        return await task
+
+    async def _rotate(
+        self, run: _EntryRun, *, image: str | None = None, by_hand: bool = False
+    ) -> RotationResult | None:
         entry = run.entry
+        result = None
         try:
-            if entry.schedule.every is None and entry.jitter:
+            if entry.schedule.every is None and entry.jitter and not by_hand:
                 await asyncio.sleep(self._jitter(entry).total_seconds())
-            await self.rotator.rotate(
-                entry, run.catalog, stop_reason=lambda: self._stop_reason(run)
+            result = await self.rotator.rotate(
+                entry,
+                run.catalog,
+                image=image,
+                wait_for_pauses=not by_hand,
+                stop_reason=lambda: self._stop_reason(run),
             )
             if self._stop_reason(run) is None and run.fired_at is not None:
                 # Done with this due time: a restart from here on owes it nothing.
@@ -557,12 +607,14 @@ class Daemon:
                 every is not None
                 and not self._stop.is_set()
                 and self._runs.get(entry.entry_id) is run
+                and (not by_hand or (result is not None and result.ok))
             ):
                 # "every D" counts from this rotation's end: the success just recorded.
                 when = _now() + dt.timedelta(seconds=every) + self._jitter(run.entry)
                 self.scheduler.schedule_at(entry.entry_id, when)
             if self.metrics is not None:
                 self.metrics.update(self._figures())
+        return result
 
     # -- folders -----------------------------------------------------------------------
 
@@ -692,6 +744,12 @@ class Daemon:
             self.api_key = key
         if new_key:
             await self.pauses.end("key", None, "a new API key was loaded")
+        if new.notify != old.notify:
+            replaced, self.notifications = (
+                self.notifications,
+                start_notifier(new.notify, self.environ),
+            )
+            self._spawn(asyncio.to_thread(stop_notifier, replaced))
         if fit_settings(new) != fit_settings(old):
             self._drop_catalogs()  # made again below with the new [images] settings
         added, removed, changed = await self._set_entries(new.accounts)

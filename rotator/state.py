@@ -86,6 +86,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+# Tables added without a schema version of their own: made at every writable open, so an
+# older rotator that opens the same database simply ignores them.
+_SIDE_TABLES = (
+    """CREATE TABLE IF NOT EXISTS excluded_images (
+        entry_id TEXT NOT NULL, image TEXT NOT NULL, time TEXT NOT NULL,
+        PRIMARY KEY (entry_id, image))""",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -636,6 +643,49 @@ class StateStore:
         with self._write() as conn:
             conn.execute("DELETE FROM rejected_images WHERE sha256 = ?", (sha256,))
 
+    # --- set by hand: positions skipped, images excluded ----------------------------------
+
+    def set_position(
+        self, *, entry_id: str, account: str, last_image: str, shown_in_cycle: frozenset[str]
+    ) -> None:
+        """Move the entry's position past ``last_image`` without a write (``rotator skip``)."""
+        with self._write() as conn:
+            _touch_entry(conn, entry_id, account)
+            conn.execute(
+                "UPDATE entries SET last_image = ?, shown_in_cycle = ? WHERE entry_id = ?",
+                (last_image, json.dumps(sorted(shown_in_cycle)), entry_id),
+            )
+
+    def exclude_image(self, *, entry_id: str, image: str, now: dt.datetime) -> bool:
+        """Keep ``image`` (relative to the entry's folder) from being picked; False if it was."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO excluded_images VALUES (?, ?, ?)",
+                (entry_id, image, _time_text(now)),
+            )
+            return cursor.rowcount > 0
+
+    def include_image(self, *, entry_id: str, image: str) -> bool:
+        """Let ``image`` be picked again; False if it was not excluded."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM excluded_images WHERE entry_id = ? AND image = ?", (entry_id, image)
+            )
+            return cursor.rowcount > 0
+
+    def excluded_images(self, entry_id: str | None = None) -> list[tuple[str, str]]:
+        """Return (entry id, image) of the images excluded by hand, of one entry or of all."""
+        if not self._read(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'excluded_images'"
+        ):
+            return []  # a read-only look at a database no daemon of this version opened yet
+        rows = self._read(
+            """SELECT entry_id, image FROM excluded_images
+               WHERE ? IS NULL OR entry_id = ? ORDER BY entry_id, image""",
+            (entry_id, entry_id),
+        )
+        return [(str(row[0]), str(row[1])) for row in rows]
+
     # --- validation cache ----------------------------------------------------------------
 
     def cache_get(self, path: str, size: int, mtime_ns: int) -> dict[str, object] | None:
@@ -718,6 +768,9 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
         _check_schema(conn, state_dir, readonly=readonly)
+        if not readonly:
+            for statement in _SIDE_TABLES:
+                conn.execute(statement)
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
