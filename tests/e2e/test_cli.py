@@ -832,7 +832,8 @@ def test_a_mistyped_command_gets_a_suggestion(tmp_path: Path) -> None:
     assert nonsense.returncode == 2
     (line,) = nonsense.stderr.splitlines()
     assert "did you mean" not in line
-    assert "commands: run, check, plan, rotate, status, history, resume, reload, health" in line
+    commands = "run, check, plan, rotate, status, history, resume, pause, skip, exclude, include"
+    assert f"commands: {commands}, reload, health" in line
 
 
 def test_config_may_come_before_or_after_the_command(tmp_path: Path, fake_xquik: FakeXquik) -> None:
@@ -944,7 +945,7 @@ def test_health_while_running_then_stale(
     fake_xquik.wait_for_writes(2)
     by_daemon = _cli(config, "rotate", env=env)
     assert by_daemon.returncode == 0, by_daemon.stderr
-    assert by_daemon.stderr == "alice: uploaded img2.jpg\nbob: uploaded two.png\n"
+    assert by_daemon.stdout == "alice: uploaded img2.jpg\nbob: uploaded two.png\n"
     assert [e["command"] for e in daemon.named("control.command")] == ["rotate"]
     assert len(fake_xquik.writes()) == 4, "the daemon made the writes rotate asked for"
     assert daemon.stop() == 0

@@ -86,12 +86,12 @@ def test_rotate_asks_the_running_daemon(
     daemon = _started(start_daemon, config)
     result = _cli(config, "rotate", "--account", "alice", server=fake_xquik)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == "alice: uploaded img2.png\n"
+    assert result.stdout == "alice: uploaded img2.png\n"
     forced = _cli(
         config, "rotate", "--account", "alice", "--image", "alice/img10.png", server=fake_xquik
     )
     assert forced.returncode == 0, forced.stderr
-    assert forced.stderr == "alice: uploaded img10.png\n"
+    assert forced.stdout == "alice: uploaded img10.png\n"
     assert _sent(fake_xquik, hashes) == ["img1.png", "img2.png", "img10.png"]
     by_hand = daemon.named("control.command")
     assert [(e["command"], e["exit"]) for e in by_hand] == [("rotate", 0), ("rotate", 0)]
@@ -115,7 +115,7 @@ def test_pause_and_resume_through_the_daemon(
     assert (started["account"], started["kind"], started["seconds"]) == ("alice", "manual", 7200)
     refused = _cli(config, "rotate", "--account", "alice", server=fake_xquik)
     assert refused.returncode == 1
-    assert refused.stderr.startswith("alice: paused ")
+    assert refused.stdout.startswith("alice: paused ")
     status = json.loads(_cli(config, "status", "--json", server=fake_xquik).stdout)
     assert [(p["account"], p["kind"]) for p in status["pauses"]] == [("alice", "manual")]
     bob = _cli(config, "rotate", "--account", "bob", server=fake_xquik)

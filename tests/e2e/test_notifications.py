@@ -103,7 +103,7 @@ def test_failed_reload_is_notified_and_a_fixed_notify_section_applies(
         daemon.signal(signal.SIGHUP)
         (hook,) = first.wait_for(1)
         assert hook.json["event"] == "daemon.reload_failed"
-        assert hook.json["problems"] == ["bogus: unknown key"]
+        assert hook.json["problems"] == ["bogus: unknown section"]
         fixed = good.replace(first.url, second.url)
         config.write_text(fixed.replace("[notify]\n", '[notify]\nevents = ["daemon.stopped"]\n'))
         daemon.signal(signal.SIGHUP)
