@@ -23,6 +23,14 @@ RUN /opt/venv/bin/python3 -m pip install --no-cache-dir -c constraints.txt . \
 
 # --- runtime: the venv, a numeric non-root user, nothing else ------------------------------
 FROM ${PYTHON_IMAGE}
+# Re-declared: an ARG before the first FROM is not visible inside a stage.
+ARG PYTHON_IMAGE
+
+# OCI annotations; the version must match pyproject.toml (tests/deploy checks it).
+LABEL org.opencontainers.image.title="rotator" \
+      org.opencontainers.image.description="Rotate X (Twitter) account avatars on a schedule through the Xquik API" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
 COPY --from=build /opt/venv /opt/venv
 

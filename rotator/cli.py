@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import io
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from rotator import __version__
+from rotator.durations import parse_duration
 from rotator.errors import RotatorError
 from rotator.logs import redact_text
 
+MAX_PAUSE_SECONDS = 100 * 365 * 86400.0  # a pause without --for lasts this long
+
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit code 2."""
+    """argparse with a one-line error, a guess for a mistyped command, and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        typo = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if typo:
+            choices = re.findall(r"'?([a-z]+)'?", typo.group(2))
+            guess = difflib.get_close_matches(typo.group(1), choices, n=1, cutoff=0.75)
+            message = f"unknown command {typo.group(1)!r}" + (
+                f"; did you mean {guess[0]!r}?" if guess else f" (commands: {', '.join(choices)})"
+            )
         sys.stderr.write(f"rotator: {message} (see 'rotator {self._subcommand()}--help')\n")
         raise SystemExit(2)
 
@@ -37,16 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rotate X account avatars on a schedule through the Xquik API.",
     )
     parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    config_help = "config file (default: $ROTATOR_CONFIG, else ./rotator.toml)"
+    # Accepted before the command too (`rotator --config P status`); after it wins.
+    parser.add_argument("--config", metavar="PATH", dest="global_config", help=config_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         one = sub.add_parser(name, help=help_text, description=help_text)
-        one.add_argument(
-            "--config",
-            metavar="PATH",
-            help="config file (default: $ROTATOR_CONFIG, else ./rotator.toml)",
-        )
+        one.add_argument("--config", metavar="PATH", help=config_help)
         return one
 
     run = command("run", "run the daemon")
@@ -67,19 +78,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print JSON for tools")
 
-    rotate = command("rotate", "rotate now, once, then exit")
+    rotate = command("rotate", "rotate now, once (through the daemon when it runs)")
     rotate.add_argument("--account", metavar="NAME", help="only this account's entries")
     rotate.add_argument("--image", metavar="PATH", help="send this image (in the entry's folder)")
     rotate.add_argument("--dry-run", action="store_true", help="do everything but the write")
+    rotate.add_argument("--json", action="store_true", help="print JSON for tools")
 
     status = command("status", "show positions, pauses and errors from the state")
     status.add_argument("--json", action="store_true", help="print JSON for tools")
 
-    resume = command("resume", "end a pause by hand")
+    history = command("history", "show what was sent when, and what came of it")
+    history.add_argument("--account", metavar="NAME", help="only this account")
+    history.add_argument(
+        "--since", metavar="WHEN", help="a duration back from now (2d, 6h) or an ISO 8601 time"
+    )
+    history.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N rows (50)"
+    )
+    history.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    resume = command("resume", "end a pause by hand and reset its backoff")
     resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
 
-    command("health", "exit 0 when the running daemon's heartbeat is fresh")
+    pause = command("pause", "hold the writes of an account (or all) until resumed")
+    pause.add_argument("--account", metavar="NAME", help="this account only (default: all)")
+    pause.add_argument(
+        "--for", dest="for_seconds", type=_duration, metavar="D", help="end by itself after D"
+    )
+
+    skip = command("skip", "move an account past the image it would send next")
+    skip.add_argument("--account", metavar="NAME", required=True)
+
+    for name, text in (
+        ("exclude", "never pick an image until it is included again"),
+        ("include", "let an excluded image be picked again"),
+    ):
+        one = command(name, text)
+        one.add_argument("--account", metavar="NAME", required=True)
+        one.add_argument("--image", metavar="PATH", required=True, help="in the entry's folder")
+
+    command("reload", "make the running daemon re-read its config, and report the outcome")
+
+    health = command("health", "exit 0 when the running daemon can do its job")
+    health.add_argument(
+        "--allow-paused",
+        action="store_true",
+        help="healthy while alive, even if a pause stops every rotation",
+    )
+    health.add_argument("--json", action="store_true", help="print JSON for tools")
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    if seconds > MAX_PAUSE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years (leave --for out)")
+    return seconds
 
 
 def _positive_int(text: str) -> int:
@@ -113,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    args.config = args.config or args.global_config
     try:
         # Imported after parsing: --help, --version and usage errors stay quick.
         from rotator import commands  # noqa: PLC0415

@@ -12,13 +12,18 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
+from rotator import control, manual
+from rotator.advice import INTENDED_KINDS, SELF_ENDING_KINDS, SHORT_KINDS, next_step
 from rotator.catalog import (
     Catalog,
     CatalogImage,
@@ -27,13 +32,20 @@ from rotator.catalog import (
     natural_key,
 )
 from rotator.client import XquikClient, find_x_account
-from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
+from rotator.config import (
+    AccountEntry,
+    Settings,
+    choose_state_dir,
+    load_settings,
+    resolve_config_path,
+)
 from rotator.cron import calls_per_day, every_due, local_date
-from rotator.durations import format_duration
+from rotator.durations import format_duration, parse_duration
 from rotator.errors import (
     ConfigError,
     ImageError,
     MissingKeyError,
+    NoStateError,
     RotatorError,
     StateError,
     StateLockedError,
@@ -43,12 +55,22 @@ from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit, library_warning, redact_text
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
-from rotator.service import HEARTBEAT_SECONDS, Daemon, fit_settings, rotate_now, state_dir_for
+from rotator.service import (
+    HEARTBEAT_SECONDS,
+    Daemon,
+    StateValidationCache,
+    fit_settings,
+    rotate_now,
+    state_dir_for,
+)
 from rotator.state import (
+    DB_NAME,
     EntryState,
+    Pause,
     StateStore,
     WriteRecord,
     check_state_file,
+    copy_state,
     read_heartbeat,
     state_exists,
 )
@@ -60,7 +82,12 @@ def _now() -> dt.datetime:
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    return load_settings(resolve_config_path(args.config, environ), environ)
+    """Load the settings; warn on stderr of what they ignored (the daemon logs it instead)."""
+    settings = load_settings(resolve_config_path(args.config, environ), environ)
+    if args.command != "run":
+        for warning in settings.env_warnings:
+            sys.stderr.write(f"rotator: warning: {warning}\n")
+    return settings
 
 
 def _key(settings: Settings, environ: Mapping[str, str]) -> ApiKey:
@@ -92,6 +119,31 @@ _FUTURE_TOLERANCE = 2.0  # seconds a heartbeat may seem ahead (file time roundin
 def _is_fresh(age: float) -> bool:
     # A heartbeat dated in the future proves nothing (the clock went back, or a forgery).
     return -_FUTURE_TOLERANCE <= age <= 3 * HEARTBEAT_SECONDS
+
+
+def _require_state(settings: Settings) -> Path:
+    """Return the state directory, or say plainly that there is none (exit 1)."""
+    state_dir = settings.state_dir
+    if (state_dir / DB_NAME).exists():
+        return state_dir
+    message = (
+        f"no state in {state_dir}: no daemon has run with this config yet (the state lives in "
+        "state.dir, else $STATE_DIRECTORY, else /var/lib/rotator for a config in "
+        "/etc/rotator, else in state/ beside the config)"
+    )
+    if (state_dir_for(settings, dry_run=True) / DB_NAME).exists():
+        message += f"; a dry run keeps its own state in {state_dir_for(settings, dry_run=True)}"
+    raise NoStateError(message)
+
+
+def _unknown_account(name: str) -> ConfigError:
+    return ConfigError(f"--account: no [[accounts]] entry has account {name!r}")
+
+
+def _pause_parts(pause: Pause) -> tuple[str, str]:
+    """Split a stored pause's reason into its kind and the server's reason."""
+    kind, _, reason = pause.reason.partition(":")
+    return kind, reason or kind
 
 
 def _print_json(data: object) -> None:
@@ -132,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     set_library_sink(library_warning)
     if key is not None and key.warning:
         emit("config.warning", message=key.warning)
+    for warning in settings.env_warnings:
+        emit("config.warning", message=warning)
     notifier = SystemdNotifier.from_environment()
     daemon = Daemon(settings, key, dry_run=args.dry_run, environ=environ, notifier=notifier)
     return asyncio.run(daemon.run())
@@ -144,24 +198,47 @@ def rotate(args: argparse.Namespace) -> int:
     """Rotate now, once, for every entry (or one account's), then exit."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    entries = [e for e in settings.accounts if args.account in (None, e.account)]
-    if not entries:
-        raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
+    entries = manual.entries_of(settings.accounts, args.account)
+    if not args.dry_run:
+        # A running daemon rotates it itself: its state, its pacer, its pauses.
+        request = {"command": "rotate", "account": args.account}
+        if args.image is not None:
+            request["image"] = manual.image_path(args.image, Path.cwd())
+        reply = control.ask(settings.state_dir, request)
+        if reply is not None:
+            return _print_reply(reply, sys.stdout)
     key = None if args.dry_run else _key(settings, environ)
-    configure(settings.log.level, settings.log.format)
+    # A one-shot command: its results go to stdout, its log lines to stderr.
+    configure(settings.log.level, settings.log.format, stream=sys.stderr)
     set_library_sink(library_warning)
-    results = asyncio.run(
-        rotate_now(settings, key, entries, image=args.image, dry_run=args.dry_run)
-    )
-    for result in results:
-        sys.stderr.write(
-            redact_text(
-                f"{result.account}: {result.kind}"
-                + (f" {result.image}" if result.image else "")
-                + (f" ({result.reason})" if result.reason and not result.ok else "")
+    with tempfile.TemporaryDirectory(prefix="rotator-dry-run-") as scratch:
+        # A dry run works on a copy of the real state: it previews exactly what the next
+        # real rotation would send (positions, pauses, refusals) and changes none of it.
+        preview = Path(scratch) if args.dry_run else None
+        if preview is not None:
+            copy_state(settings.state_dir, preview)
+        results = asyncio.run(
+            rotate_now(
+                settings, key, entries, image=args.image, dry_run=args.dry_run, state_dir=preview
             )
-            + "\n"
         )
+    if args.json:
+        _print_json(
+            _redacted(
+                [
+                    {
+                        "account": result.account,
+                        "result": result.kind,
+                        "image": result.image,
+                        "reason": result.reason or None,
+                        "ok": result.ok,
+                    }
+                    for result in results
+                ]
+            )
+        )
+    for result in [] if args.json else results:
+        sys.stdout.write(redact_text(manual.result_line(result)) + "\n")
     return 0 if all(result.ok for result in results) else 1
 
 
@@ -483,7 +560,7 @@ def status(args: argparse.Namespace) -> int:
     settings = _settings(args, environ)
     _register_key_quietly(settings, environ)
     now = _now()
-    state_dir = settings.state_dir
+    state_dir = _require_state(settings)
     report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
     beat = _live_heartbeat(settings)
     running = beat is not None and _is_fresh(beat[0])
@@ -531,31 +608,51 @@ def status(args: argparse.Namespace) -> int:
             }
         )
     for pause in pauses:
-        kind, _, reason = pause.reason.partition(":")
+        kind, reason = _pause_parts(pause)
         report["pauses"].append(
             {
                 "scope": pause.scope,
                 "account": pause.account,
                 "kind": kind,
-                "reason": reason or kind,
+                "reason": reason,
                 "until": pause.until.isoformat(),
+                "next_step": next_step(kind, pause.account),
             }
         )
     if args.json:
         _print_json(report)
     else:
-        _print_status(_redacted(report), state_dir)
+        _print_status(_redacted(report))
     return 0
 
 
-def _print_status(report: dict[str, Any], state_dir: Path) -> None:
+def relative_time(iso: str | None, now: dt.datetime) -> str:
+    """Return ``iso`` with how far it is from ``now``: ``... (in 2h 5m)``, ``... (3m ago)``."""
+    if iso is None:
+        return "-"
+    try:
+        when = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    seconds = (when - now).total_seconds()
+    # The two largest units are enough to read at a glance ("1d 4h", not "1d4h12m9s").
+    parts = re.findall(r"\d+[a-z]+", format_duration(abs(round(seconds))))[:2]
+    span = " ".join(parts)
+    if abs(seconds) < 1:
+        return f"{iso} (now)"
+    return f"{iso} (in {span})" if seconds > 0 else f"{iso} ({span} ago)"
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    now = _now()
     out = sys.stdout
-    out.write(f"daemon: {report['daemon']}  (state: {state_dir})\n")
+    out.write(f"daemon: {report['daemon']}  (state: {report['state_dir']})\n")
     for item in report["entries"]:
         out.write(f"\n{item['account']}  {item['folder']}  {item['schedule']}\n")
-        out.write(f"  last success:  {item['last_success'] or 'never'}\n")
+        last = relative_time(item["last_success"], now) if item["last_success"] else "never"
+        out.write(f"  last success:  {last}\n")
         out.write(f"  current image: {item['current_image'] or '-'}\n")
-        out.write(f"  next due:      {item['next_due'] or '-'}\n")
+        out.write(f"  next due:      {relative_time(item['next_due'], now)}\n")
         if item["last_error"]:
             out.write(f"  last error:    {item['last_error']}\n")
         _write_ledger_lines(out, item)
@@ -570,87 +667,350 @@ def _print_status(report: dict[str, Any], state_dir: Path) -> None:
     )
     for pause in report["pauses"]:
         who = "all accounts" if pause["scope"] == "key" else pause["account"]
-        out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {pause['until']}\n")
+        until = relative_time(pause["until"], now)
+        out.write(f"  {who}: {pause['kind']} ({pause['reason']}) until {until}\n")
+        out.write(f"    next step: {pause['next_step']}\n")
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def history(args: argparse.Namespace) -> int:
+    """Print the audit history, oldest first: what was sent when, and what came of it."""
+    environ = dict(os.environ)
+    settings = _settings(args, environ)
+    since = _parse_since(args.since, _now()) if args.since else None
+    if args.account is not None:
+        known = {entry.account for entry in settings.accounts}
+        if args.account not in known:
+            raise _unknown_account(args.account)
+    # The history holds what the server said; mask the key in case it ever echoed it.
+    _register_key_quietly(settings, environ)
+    with StateStore.open(_require_state(settings), lock=False, readonly=True) as state:
+        rows = state.history(limit=args.limit, account=args.account, since=since)
+    rows.reverse()
+    items = [
+        {
+            "time": row.time.isoformat(),
+            "account": row.account,
+            "image": row.image,
+            "outcome": row.outcome,
+            "error": row.error_code,
+            "status": row.status,
+            "request_id": row.request_id,
+            "action_id": row.action_id,
+            "credits": row.credits,
+            "message": row.message,
+            "attempt": row.attempt,
+            "duration_ms": row.duration_ms,
+        }
+        for row in rows
+    ]
+    items = _redacted(items)
+    if args.json:
+        _print_json({"state_dir": escape_name(str(settings.state_dir)), "history": items})
+        return 0
+    out = sys.stdout
+    if not items:
+        out.write("no history" + (f" since {since.isoformat()}" if since else "") + "\n")
+    for item in items:
+        line = f"{item['time']}  {item['account']}  {item['outcome']:<9}  {item['image'] or '-'}"
+        if item["error"]:
+            line += f"  {item['error']}"
+        if item["outcome"] != "success" and item["message"]:
+            line += f": {item['message']}"
+        ids = [f"request {item['request_id']}"] if item["request_id"] else []
+        ids += [f"action {item['action_id']}"] if item["action_id"] else []
+        if item["credits"]:
+            ids.append(f"{item['credits']} credits")
+        if ids:
+            line += f"  ({', '.join(ids)})"
+        out.write(line + "\n")
+    return 0
+
+
+def _parse_since(text: str, now: dt.datetime) -> dt.datetime:
+    """Read --since: a duration back from ``now`` (2d) or an ISO 8601 time (UTC if bare)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        try:
+            return now - dt.timedelta(seconds=seconds)
+        except OverflowError:
+            return dt.datetime.min.replace(tzinfo=dt.UTC)  # further back than any history
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since: {text!r} is neither a duration (2d, 6h) nor an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 # -- resume --------------------------------------------------------------------------------
 
 
 def resume(args: argparse.Namespace) -> int:
-    """End pauses by hand: the key's and every account's, or one account's."""
+    """End pauses by hand (the key's and every account's, or one account's); reset the backoff."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
+    reply = control.ask(settings.state_dir, {"command": "resume", "account": args.account})
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    configured = {entry.account for entry in settings.accounts}
+    # An account no longer configured may still have a stored pause to end: look first.
+    no_state = not (settings.state_dir / DB_NAME).exists()
+    if args.account is not None and args.account not in configured and no_state:
+        raise _unknown_account(args.account)
+    _require_state(settings)
     try:
-        # Taking the lock proves no daemon runs; if one does, it is told below.
-        store, daemon_running = StateStore.open(settings.state_dir, lock=True), False
-    except StateLockedError:
-        store, daemon_running = StateStore.open(settings.state_dir, lock=False), True
+        store = _state_by_hand(settings)
     except StateError as exc:
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
         pauses = state.pauses()
-        accounts = {entry.account for entry in settings.accounts}
-        if args.account is not None and args.account not in accounts | {
+        if args.account is not None and args.account not in configured | {
             str(pause.account) for pause in pauses
         }:
-            raise ConfigError(f"--account: no [[accounts]] entry has account {args.account!r}")
-        ended = []
-        for pause in pauses:
-            if args.account is not None and pause.account != args.account:
-                continue
-            state.clear_pause(scope=pause.scope, account=pause.account)
-            ended.append("all accounts" if pause.scope == "key" else str(pause.account))
-    if not ended:
-        sys.stdout.write("no pause to end\n")
-        return 0
-    sys.stdout.write("ended the pause of " + ", ".join(ended) + "\n")
-    beat = _live_heartbeat(settings)
-    pid = beat[1].get("pid") if beat is not None and not beat[2] else None
-    if daemon_running and beat is not None and _is_fresh(beat[0]) and isinstance(pid, int):
-        # The running daemon re-reads its pauses from the state on SIGHUP.
-        try:
-            os.kill(pid, signal.SIGHUP)
-            sys.stdout.write(f"told the running daemon (pid {pid})\n")
-        except OSError:
-            pass
+            raise _unknown_account(args.account)
+        ended = manual.resume_offline(state, args.account)
+    sys.stdout.write(manual.resumed_message(ended) + "\n")
     return 0
+
+
+# -- reload --------------------------------------------------------------------------------
+
+RELOAD_WAIT_SECONDS = 60.0  # a reload rescans changed folders: give it time
+
+
+def reload(args: argparse.Namespace) -> int:
+    """Ask the running daemon to re-read its config; wait for the outcome and report it.
+
+    This is the unit's ``ExecReload=``: its exit status is what ``systemctl reload``
+    reports, so a config the daemon refused makes the reload fail, with the reason.
+    A config this command cannot read is still sent to the daemon: it says why it keeps
+    the old one, and ``systemctl status`` shows it.
+    """
+    environ = dict(os.environ)
+    try:
+        state_dir = _settings(args, environ).state_dir
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"rotator: {problem}\n")
+        # Where the daemon keeps its state without state.dir: what the broken file may hold.
+        state_dir = choose_state_dir(None, environ, resolve_config_path(args.config, environ))
+    beat = read_heartbeat(state_dir)
+    pid = beat[1].get("pid") if beat is not None else None
+    if beat is None or not isinstance(pid, int) or not _is_fresh(_age(beat[0])):
+        sys.stderr.write(f"rotator: no running daemon (no fresh heartbeat in {state_dir})\n")
+        return 1
+    before = _reload_outcome(beat[1])
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        sys.stderr.write(f"rotator: cannot signal the daemon (pid {pid}): {exc.strerror}\n")
+        return 1
+    deadline = time.monotonic() + RELOAD_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        beat = read_heartbeat(state_dir)
+        outcome = _reload_outcome(beat[1]) if beat is not None else before
+        if outcome["count"] <= before["count"]:
+            continue
+        if outcome["ok"]:
+            sys.stdout.write(f"reloaded (pid {pid})\n")
+            return 0
+        for problem in outcome["problems"]:
+            sys.stderr.write(f"rotator: reload failed: {problem}\n")
+        sys.stderr.write("rotator: the daemon keeps running on its previous config\n")
+        return 1
+    sys.stderr.write(f"rotator: no reload outcome from the daemon in {RELOAD_WAIT_SECONDS:.0f}s\n")
+    return 1
+
+
+def _age(when: dt.datetime) -> float:
+    return (_now() - when).total_seconds()
+
+
+def _reload_outcome(summary: Mapping[str, object]) -> dict[str, Any]:
+    """Read the last reload's outcome from a heartbeat summary (count 0: none yet)."""
+    raw = summary.get("reload")
+    outcome = raw if isinstance(raw, dict) else {}
+    count, problems = outcome.get("count"), outcome.get("problems")
+    return {
+        "count": count if isinstance(count, int) else 0,
+        "ok": outcome.get("ok") is True,
+        "problems": [str(p) for p in problems] if isinstance(problems, list) else [],
+    }
+
+
+# -- pause, skip, exclude, include -----------------------------------------------------------
+
+
+def pause(args: argparse.Namespace) -> int:
+    """Hold the writes of one account (or of all) until resumed, or for a while."""
+    settings = _settings(args, dict(os.environ))
+    if args.account is not None:
+        manual.entries_of(settings.accounts, args.account)
+    request = {"command": "pause", "account": args.account, "seconds": args.for_seconds}
+    reply = control.ask(settings.state_dir, request)
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        done = manual.pause_offline(state, args.account, args.for_seconds)
+    sys.stdout.write(done + " (the daemon keeps it when it starts)\n")
+    return 0
+
+
+def skip(args: argparse.Namespace) -> int:
+    """Move an account's entries past the image their next rotation would send."""
+    settings = _settings(args, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, args.account)
+    reply = control.ask(settings.state_dir, {"command": "skip", "account": args.account})
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        fits = fit_settings(settings)
+        for entry in entries:
+            catalog = Catalog(entry.folder, fits, StateValidationCache(state), _quiet)
+            catalog.apply_scan(catalog.scan())
+            skipped = manual.skip(state, entry, catalog)
+            sys.stdout.write(f"{entry.account}: skipped {skipped}\n")
+    return 0
+
+
+def exclude(args: argparse.Namespace) -> int:
+    """Never pick an image for an account until it is included again."""
+    return _image_by_hand(args, "exclude")
+
+
+def include(args: argparse.Namespace) -> int:
+    """Let an excluded image be picked again."""
+    return _image_by_hand(args, "include")
+
+
+def _image_by_hand(args: argparse.Namespace, command: str) -> int:
+    settings = _settings(args, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, args.account)
+    image = manual.image_path(args.image, Path.cwd())
+    entry, relative = manual.entry_for_image(entries, image)
+    request = {"command": command, "account": args.account, "image": image}
+    reply = control.ask(settings.state_dir, request)
+    if reply is not None:
+        return _print_reply(reply, sys.stdout)
+    with _state_by_hand(settings) as state:
+        act = manual.exclude if command == "exclude" else manual.include
+        sys.stdout.write(act(state, entry, relative) + "\n")
+    return 0
+
+
+def _state_by_hand(settings: Settings) -> StateStore:
+    """Open the state to change it by hand: only when no daemon holds it."""
+    try:
+        return StateStore.open(settings.state_dir, lock=True)
+    except StateLockedError as exc:
+        raise RotatorError(
+            f"{exc}, and it does not answer on {control.socket_path(settings.state_dir)}; "
+            "see its log for control.unavailable, or restart it"
+        ) from None
+
+
+def _print_reply(reply: dict[str, Any], out: Any) -> int:
+    """Print the daemon's answer (an error on stderr) and return its exit code."""
+    code = int(reply["exit"])
+    message = str(reply.get("message", ""))
+    if code != 0 and not reply.get("results"):
+        sys.stderr.write(f"rotator: {message}\n")
+    elif message:
+        out.write(message + "\n")
+    return code
 
 
 # -- health --------------------------------------------------------------------------------
 
 
 def health(args: argparse.Namespace) -> int:
-    """Exit 0 when the running daemon's heartbeat is fresh, 1 otherwise, with one line."""
+    """Exit 0 when the daemon runs and can do its job, 1 otherwise, with one line.
+
+    A fresh heartbeat is not enough: a key-wide pause that needs a person (credits, a
+    refused key) or a pause on every account means no avatar changes until someone acts.
+    ``--allow-paused`` asks only whether the daemon is alive.
+    """
     environ = dict(os.environ)
     settings = _settings(args, environ)
     for dry_run in (False, True):
         state_dir = state_dir_for(settings, dry_run=dry_run)
         if state_exists(state_dir):
             check_state_file(state_dir)  # a broken state is never "healthy"
+    verdict = _health(settings, allow_paused=args.allow_paused)
+    if args.json:
+        _print_json(verdict)
+    else:
+        sys.stdout.write(f"{verdict['line']}\n")
+    return 0 if verdict["healthy"] else 1
+
+
+def _health(settings: Settings, *, allow_paused: bool) -> dict[str, Any]:
+    """Judge the daemon's health: ``healthy``, the one ``line`` to print, and the facts."""
     beat = _live_heartbeat(settings)
     if beat is None:
-        sys.stdout.write(
-            f"unhealthy: no heartbeat in {settings.state_dir} (is the daemon running?)\n"
-        )
-        return 1
+        line = f"unhealthy: no heartbeat in {settings.state_dir} (is the daemon running?)"
+        return {"healthy": False, "line": line, "pid": None}
     age, summary, dry_run = beat
+    facts: dict[str, Any] = {"pid": summary.get("pid"), "heartbeat_age_s": round(age, 1)}
+    facts["dry_run"] = dry_run
     if age < -_FUTURE_TOLERANCE:
-        sys.stdout.write(
+        line = (
             f"unhealthy: the last heartbeat is dated {-age:.0f}s in the future "
-            "(the clock went back, or it is not the daemon's)\n"
+            "(the clock went back, or it is not the daemon's)"
         )
-        return 1
+        return {"healthy": False, "line": line, **facts}
     if not _is_fresh(age):
-        sys.stdout.write(
-            f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)\n"
-        )
-        return 1
+        line = f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)"
+        return {"healthy": False, "line": line, **facts}
+    now = _now()
+    try:
+        with StateStore.open(
+            state_dir_for(settings, dry_run=dry_run), lock=False, readonly=True
+        ) as state:
+            pauses = [pause for pause in state.pauses() if pause.until > now]
+    except StateError as exc:
+        return {"healthy": False, "line": f"unhealthy: the state cannot be read: {exc}", **facts}
+    facts["paused"] = sorted({_pause_parts(pause)[0] for pause in pauses})
+    blocked = _blocking_pause(settings, pauses)
+    if blocked is not None and not allow_paused:
+        return {"healthy": False, "line": f"unhealthy: {blocked}", **facts}
     line = f"healthy: heartbeat {max(age, 0):.0f}s ago, pid {summary.get('pid')}"
     if dry_run:
         line += " (dry run)"
-    kinds = summary.get("pause_kinds")
-    if isinstance(kinds, list) and kinds:
-        # A credits or auth pause needs a person, not a restart: report it, stay healthy.
-        line += "; paused: " + ", ".join(str(kind) for kind in kinds)
-    sys.stdout.write(line + "\n")
-    return 0
+    if pauses:
+        line += "; paused: " + ", ".join(facts["paused"])
+    return {"healthy": True, "line": line, **facts}
+
+
+def _blocking_pause(settings: Settings, pauses: list[Pause]) -> str | None:
+    """Return why no avatar can change until someone acts or a long pause ends, if so."""
+    pauses = [pause for pause in pauses if _pause_parts(pause)[0] not in INTENDED_KINDS]
+    for pause in pauses:
+        kind, reason = _pause_parts(pause)
+        if pause.scope == "key" and kind not in SELF_ENDING_KINDS:
+            return (
+                f"all accounts paused: {kind} ({reason}) until {pause.until.isoformat()}; "
+                f"next step: {next_step(kind, None)}"
+            )
+    # Short throttles end by themselves within minutes: they do not make it unhealthy.
+    held = {
+        str(pause.account): pause
+        for pause in pauses
+        if pause.scope == "account" and _pause_parts(pause)[0] not in SHORT_KINDS
+    }
+    accounts = sorted({entry.account for entry in settings.accounts})
+    if accounts and all(account in held for account in accounts):
+        parts = []
+        for account in accounts:
+            kind, reason = _pause_parts(held[account])
+            parts.append(f"{account}: {kind} ({reason}); next step: {next_step(kind, account)}")
+        return "every account is paused: " + "; ".join(parts)
+    return None

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -54,7 +55,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from rotator.config_errors import format_errors, redact
+from rotator.config_errors import closest, format_errors, redact
 from rotator.cron import Schedule, parse_schedule
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
@@ -383,6 +384,64 @@ class MetricsSection(_Section):
         return host.strip("[]"), int(port)
 
 
+def _command(value: object) -> tuple[str, ...] | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} cannot be split into words ({exc})") from None
+    elif isinstance(value, list | tuple) and all(isinstance(word, str) for word in value):
+        words = list(value)
+    else:
+        raise ValueError("must be a command line (a string) or a list of strings")
+    if not words or not words[0].strip():
+        raise ValueError("must name a program")
+    return tuple(words)
+
+
+def _webhook(value: object) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    # Unlike api.base_url a query is allowed (tokens of chat webhooks live there); it is
+    # never logged, so it is never echoed in an error either.
+    parts = urlsplit(value.strip())
+    host = parts.hostname or ""
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("is not a valid URL (the port is not a number)") from None
+    if parts.scheme not in ("http", "https") or not host or parts.fragment:
+        raise ValueError("is not a valid http(s) URL (a scheme, a host and no fragment)")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ValueError(f"must use https (http only for a loopback host, not {host!r})")
+    return value.strip()
+
+
+_EVENT_NAME = re.compile(r"[a-z_]+(\.[a-z_]+)+")
+DEFAULT_NOTIFY_EVENTS = (
+    "pause.started",
+    "pause.ended",
+    "rotation.skipped",
+    "avatar.uncertain",
+    "daemon.reload_failed",
+    "daemon.crashed",
+)
+
+
+def _events(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a list of event names such as 'pause.started'")
+    names = tuple(dict.fromkeys(item.strip() for item in value))
+    for name in names:
+        if name != "*" and not _EVENT_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an event name (such as 'pause.started', or '*')")
+    return names
+
+
 class AccountEntry(_Section):
     """One ``[[accounts]]`` entry: an account, a folder of images and a schedule."""
 
@@ -402,6 +461,17 @@ class AccountEntry(_Section):
         return f"{self.account}:{self.folder}"
 
 
+class NotifySection(_Section):
+    """Where chosen events are sent: a command, a webhook, or both (neither: off)."""
+
+    command: Annotated[tuple[str, ...] | None, BeforeValidator(_command)] = None
+    webhook: Annotated[str | None, BeforeValidator(_webhook)] = None
+    events: Annotated[tuple[str, ...], BeforeValidator(_events)] = DEFAULT_NOTIFY_EVENTS
+    timeout: PositiveDuration = 10.0
+    attempts: Integer = Field(default=3, ge=1, le=10)
+    queue: Integer = Field(default=100, ge=1)
+
+
 # ---- the settings ----
 
 
@@ -412,6 +482,7 @@ class _LoadContext:
     environ: Mapping[str, str]
     key_warning: str | None = None  # set when api.key sits in a file others can read
     key_source: str = "api.key"
+    env_warnings: tuple[str, ...] = ()  # ROTATOR_* variables that set nothing
 
 
 # BaseSettings validates through its own __init__, which drops a validation context,
@@ -452,11 +523,13 @@ class Settings(BaseSettings):
     state: StateSection = StateSection()
     log: LogSection = LogSection()
     metrics: MetricsSection = MetricsSection()
+    notify: NotifySection = NotifySection()
     accounts: Annotated[tuple[AccountEntry, ...], AfterValidator(_not_empty)] = ()
 
     _config_path: Path = PrivateAttr()
     _state_dir: Path = PrivateAttr()
     _key_warning: str | None = PrivateAttr(default=None)
+    _env_warnings: tuple[str, ...] = PrivateAttr(default=())
     _key_source: str = PrivateAttr(default="api.key")
 
     @classmethod
@@ -478,8 +551,9 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         self._config_path = context.config_path
-        self._state_dir = _choose_state_dir(self.state.dir, context.environ)
+        self._state_dir = choose_state_dir(self.state.dir, context.environ, context.config_path)
         self._key_warning = context.key_warning
+        self._env_warnings = context.env_warnings
         self._key_source = context.key_source
         return self
 
@@ -490,13 +564,18 @@ class Settings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        """Return the state directory: state.dir, else $STATE_DIRECTORY, else ./state."""
+        """Return the state directory (see ``choose_state_dir``)."""
         return self._state_dir
 
     @property
     def key_source(self) -> str:
         """Return where api.key was set: ``api.key`` (the file) or ``ROTATOR_API__KEY``."""
         return self._key_source
+
+    @property
+    def env_warnings(self) -> tuple[str, ...]:
+        """Return one line per ``ROTATOR_*`` variable that names no setting (a typo?)."""
+        return self._env_warnings
 
     @property
     def key_warning(self) -> str | None:
@@ -541,14 +620,27 @@ def _cross_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def _choose_state_dir(configured: Path | None, environ: Mapping[str, str]) -> Path:
+SYSTEM_CONFIG_DIR = Path("/etc/rotator")  # the unit's ConfigurationDirectory=rotator
+SYSTEM_STATE_DIR = Path("/var/lib/rotator")  # the unit's StateDirectory=rotator
+
+
+def choose_state_dir(configured: Path | None, environ: Mapping[str, str], config: Path) -> Path:
+    """Return where the state lives; the daemon and every command use this one rule.
+
+    First match: ``state.dir``; ``$STATE_DIRECTORY`` (set by systemd for the service);
+    ``/var/lib/rotator`` for a config in ``/etc/rotator`` (the unit's directories, so
+    ``sudo rotator status`` finds the service's state without the variable); else
+    ``state`` beside the config file, wherever the command is run from.
+    """
     if configured is not None:
         return configured
     # systemd sets STATE_DIRECTORY, colon-separated when StateDirectory= names several.
     first = environ.get("STATE_DIRECTORY", "").split(":")[0].strip()
     if first:
         return Path(os.path.normpath(Path.cwd() / first))
-    return Path.cwd() / "state"
+    if config.parent == SYSTEM_CONFIG_DIR:
+        return SYSTEM_STATE_DIR
+    return config.parent / "state"
 
 
 class _DataSource(PydanticBaseSettingsSource):
@@ -602,7 +694,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     """
     environ = os.environ if environ is None else environ
     data = _read_toml(path)
-    ours, problems = _split_environ(environ)
+    ours, problems, env_warnings = _split_environ(environ)
     if problems:
         raise ConfigError(problems)
     try:
@@ -617,6 +709,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         environ=environ,
         key_warning=_key_warning(path, data, from_env),
         key_source="ROTATOR_API__KEY" if "key" in from_env.get("api", {}) else "api.key",
+        env_warnings=tuple(env_warnings),
     )
     # The environment comes first: pydantic-settings lets earlier sources win.
     sources = (_DataSource(Settings, from_env), _DataSource(Settings, data))
@@ -624,11 +717,26 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     try:
         return Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
-        lines = format_errors(exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX)
+        lines = format_errors(
+            exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX, known_keys=_known_keys
+        )
         # from None: the chained ValidationError would carry input values, the key among them.
         raise ConfigError(redact(lines, [data, from_env], environ, context.base_dir)) from None
     finally:
         _LOADING.reset(token)
+
+
+def _known_keys(table: tuple[int | str, ...]) -> list[str]:
+    """Return the keys allowed in the table at a location (``()``, ``("api",)``, ...)."""
+    if not table:
+        return list(Settings.model_fields)
+    field = Settings.model_fields.get(str(table[0]))
+    if table[0] == "accounts":
+        return list(AccountEntry.model_fields)
+    model = field.annotation if field is not None else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -680,10 +788,15 @@ def _depth(value: object, level: int = 0) -> int:
     return level
 
 
-def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Return the variables that are ours, and problems with the ones that are not usable."""
+def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """Return the variables that are ours, problems with unusable ones, and warnings.
+
+    A ``ROTATOR_*`` variable that names no section sets nothing: most likely a typo
+    (``ROTATOR_RATELIMIT__WRITES``), so it is a warning, with the closest real name.
+    """
     ours: dict[str, str] = {}
     problems: list[str] = []
+    warnings: list[str] = []
     for name, value in environ.items():
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
@@ -691,7 +804,13 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
         section, _, key = upper[len(ENV_PREFIX) :].lower().partition("__")
         field = Settings.model_fields.get(section)
         if field is None:
-            continue  # not a section of ours: someone else's variable
+            warning = f"{name} sets nothing and is ignored (no section {section!r})"
+            guess = closest(section, Settings.model_fields)
+            if guess is not None:
+                warning += f"; did you mean {ENV_PREFIX}{guess.upper()}"
+                warning += f"__{key.upper()}?" if key else "?"
+            warnings.append(warning)
+            continue
         if section == "accounts" and key:
             problems.append(
                 f"{name}: entries cannot be set one key at a time; set ROTATOR_ACCOUNTS"
@@ -714,7 +833,7 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
                 problems.append(f"{name}: nested more than {MAX_NESTING} levels deep")
                 continue
         ours[name] = value
-    return ours, problems
+    return ours, problems, warnings
 
 
 def _key_warning(path: Path, data: dict[str, Any], from_env: dict[str, Any]) -> str | None:

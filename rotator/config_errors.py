@@ -7,9 +7,10 @@ echo an input value, and any API key a line might still quote is blanked out.
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,27 @@ def _env_name(
     return None
 
 
+KnownKeys = Callable[[tuple[int | str, ...]], Iterable[str]]
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """Return the one of ``choices`` that ``word`` is most likely a typo of, if any is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def format_errors(
-    errors: Iterable[Mapping[str, Any]], environ: Mapping[str, str], *, env_prefix: str
+    errors: Iterable[Mapping[str, Any]],
+    environ: Mapping[str, str],
+    *,
+    env_prefix: str,
+    known_keys: KnownKeys | None = None,
 ) -> list[str]:
     """Return one ``path: problem`` line per error, naming the variable that set the value.
 
     ``errors`` is ``ValidationError.errors(include_url=False)``; ``environ`` holds the
-    ``{env_prefix}*`` variables that were read.
+    ``{env_prefix}*`` variables that were read; ``known_keys`` names the keys allowed in
+    the table at a location, so an unknown key gets a suggestion (``shedule``).
     """
     lines: list[str] = []
     for error in errors:
@@ -103,6 +118,16 @@ def format_errors(
             continue
         path = _dotted(loc)
         line = f"{path}: {_message(error, path)}"
+        if (
+            error["type"] == "extra_forbidden"
+            and len(loc) == 1
+            and isinstance(error["input"], dict)
+        ):
+            line = f"{path}: unknown section"  # a [table] at the top level
+        if error["type"] == "extra_forbidden" and known_keys is not None:
+            guess = closest(str(loc[-1]).lower(), known_keys(loc[:-1]))
+            if guess is not None:
+                line += f"; did you mean {guess!r}?"
         env_name = _env_name(loc, environ, env_prefix)
         if env_name:
             line += f" (from {env_name})"

@@ -6,6 +6,7 @@
     ├── ConfigError              the config (file, env or CLI) is unusable: exit 2
     │   └── MissingKeyError      no API key found and not --dry-run: exit 2
     ├── StateError               the state directory cannot be used
+    │   ├── NoStateError         no state where the config says it lives: exit 1
     │   ├── StateLockedError     another daemon holds the state dir: exit 2
     │   └── StateVersionError    the state was written by a newer rotator: exit 2
     ├── ImageError               one image file cannot be read or used
@@ -44,6 +45,12 @@ class StateError(RotatorError):
     """The state directory or database cannot be used."""
 
     exit_code = 2
+
+
+class NoStateError(StateError):
+    """A command that reads the state found none: the daemon never ran with this config."""
+
+    exit_code = 1
 
 
 class StateLockedError(StateError):

@@ -10,6 +10,7 @@ they hold a secret, are masked.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -89,6 +90,14 @@ def _redact_value(value: object) -> object:
     return redact_text(repr(value))
 
 
+def redacted(fields: Mapping[str, object]) -> dict[str, object]:
+    """Return ``fields`` as a log line would show them: secrets masked, values plain."""
+    return {
+        key: REDACTED if key.lower() in _SECRET_FIELD_NAMES else _redact_value(value)
+        for key, value in fields.items()
+    }
+
+
 def _redact(
     _logger: object, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -117,13 +126,68 @@ class _StdlibBridge(logging.Handler):
         )
 
 
+# sd-daemon(3): the journal reads a leading "<N>" as the line's syslog priority.
+_SYSLOG_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """Tell whether ``stream`` is the journal's stream that systemd named in $JOURNAL_STREAM.
+
+    systemd sets JOURNAL_STREAM to the "device:inode" of the stream it connected stdout and
+    stderr to; comparing it with the stream's own identity tells a redirected stdout
+    (``rotator run > file`` inside a unit) from the journal itself.
+    """
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    device, sep, inode = expected.partition(":")
+    if not sep:
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # a StringIO or a closed stream
+        return False
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
+
+
+def wants_colour(stream: TextIO) -> bool:
+    """Tell whether to colour lines for ``stream``: only a terminal, and never under NO_COLOR.
+
+    no-color.org: a set, non-empty ``NO_COLOR`` turns colour off whatever else holds.
+    """
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _with_priority(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
+    """Wrap ``renderer`` so each line starts with its syslog priority (``<4>{...}``)."""
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        priority = _SYSLOG_PRIORITIES.get(str(event_dict.get("level", "info")), 6)
+        line = renderer(logger, method, event_dict)
+        if isinstance(line, bytes):
+            return f"<{priority}>".encode() + line
+        return f"<{priority}>{line}"
+
+    return render
+
+
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Set up structlog (and the stdlib bridge) for the whole process."""
+    """Set up structlog (and the stdlib bridge) for the whole process.
+
+    When the output is the journal, every line carries its ``<N>`` syslog priority, so
+    ``journalctl -p warning`` finds warnings and errors; the JSON after it is unchanged.
+    """
+    output = stream or sys.stdout
     renderer: structlog.typing.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(colors=wants_colour(output))
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    if writes_to_journal(output):
+        renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -135,7 +199,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
@@ -168,6 +232,8 @@ EVENT_LEVELS = {
     "daemon.reload_failed": "error",
     "daemon.crashed": "error",
     "library.log": "warning",
+    "notify.failed": "warning",
+    "notify.dropped": "warning",
 }
 
 

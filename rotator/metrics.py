@@ -8,21 +8,46 @@ it; gauges come from a snapshot the daemon refreshes with its heartbeat.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Info,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from rotator import __version__
 from rotator.errors import ConfigError
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def entry_label(account: str, folder: Path, config_dir: Path) -> str:
+    """Return the ``entry`` label of one entry without the host's absolute paths.
+
+    A folder under the config's directory is named relative to it (``alice:avatars/day``);
+    any other by its last part and a short hash of the whole path, which keeps two
+    folders of the same name apart (``alice:day~3f2a9c``).
+    """
+    try:
+        return f"{account}:{folder.relative_to(config_dir).as_posix()}"
+    except ValueError:
+        digest = hashlib.sha256(os.fsencode(folder)).hexdigest()[:6]
+        return f"{account}:{folder.name}~{digest}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,6 +125,17 @@ class Metrics:
         self._credits = Counter(
             "rotator_credits_spent", "Credits spent on avatar writes", registry=self.registry
         )
+        self._reloads = Counter(
+            "rotator_reloads",
+            "Config reloads (SIGHUP) by result",
+            ["result"],
+            registry=self.registry,
+        )
+        Info("rotator_build", "The running rotator", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        # CPU, memory, open files and start time of this process (Linux /proc).
+        ProcessCollector(registry=self.registry)
         collector: Collector = _SnapshotCollector(lambda: self._snapshot)
         self.registry.register(collector)
         self._server: ThreadingWSGIServer | None = None
@@ -119,6 +155,10 @@ class Metrics:
             self._uploads.labels(account, str(event.get("error") or "error")).inc()
         elif name == "avatar.uncertain":
             self._uploads.labels(account, "uncertain").inc()
+        elif name == "daemon.reloaded":
+            self._reloads.labels("success").inc()
+        elif name == "daemon.reload_failed":
+            self._reloads.labels("failure").inc()
         if name in {"avatar.uploaded", "avatar.uncertain"}:
             # What the write's record says it cost (billing.charged / chargedCredits);
             # without a figure in the event, an upload costs credits_per_call.

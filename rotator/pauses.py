@@ -17,6 +17,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+from rotator.advice import next_step
 from rotator.logs import emit
 from rotator.policy import PauseKind, PolicySettings, doubling
 from rotator.state import PauseScope, StateStore
@@ -25,7 +26,7 @@ CreditsCheck = Callable[[], Awaitable[bool | None]]
 AccountCheck = Callable[[str], Awaitable[bool | None]]
 RETRY_FAILED_CHECK = 30.0  # seconds before a pause whose end could not be handled is tried again
 _KINDS: frozenset[str] = frozenset(
-    {"rate_limit", "x_rate_limited", "daily", "account", "credits", "auth"}
+    {"rate_limit", "x_rate_limited", "daily", "account", "credits", "auth", "manual"}
 )
 
 
@@ -157,6 +158,7 @@ class PauseBoard:
                 kind=kind,
                 until=until.isoformat(),
                 seconds=round(seconds, 3),
+                next_step=next_step(kind, account),
             )
         self._arm(pause)
         return pause
@@ -165,6 +167,13 @@ class PauseBoard:
         """Forget pause levels after a successful write (the trouble has passed)."""
         for key in [k for k in self._levels if k[0] == "key" or k[1] == account]:
             del self._levels[key]
+
+    def forget_levels(self, account: str | None) -> None:
+        """Forget pause levels of the key and ``account`` (of every account when None)."""
+        if account is None:
+            self._levels.clear()
+        else:
+            self.succeeded(account)
 
     async def end(self, scope: PauseScope, account: str | None, why: str) -> bool:
         """End a pause now (``rotator resume``, a new key); False when there was none."""

@@ -35,7 +35,7 @@ Action = Literal[
     "give_up",  # end this rotation, position unchanged
 ]
 Scope = Literal["attempt", "image", "account", "key", "rotation"]
-PauseKind = Literal["rate_limit", "x_rate_limited", "daily", "account", "credits", "auth"]
+PauseKind = Literal["rate_limit", "x_rate_limited", "daily", "account", "credits", "auth", "manual"]
 Family = Literal[
     "done",  # X already has it
     "image",  # the image itself is refused: refuse it until its file changes

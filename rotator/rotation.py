@@ -239,7 +239,12 @@ class Rotator:
             rot.chosen, rot.replay_key = None, None  # it went away meanwhile
         refused = self.state.rejected_by_server()
         usable = {image.relative: image for image in rot.catalog.usable()}
-        names = [name for name, image in usable.items() if image.verdict.sha256 not in refused]
+        excluded = {image for _, image in self.state.excluded_images(rot.entry.entry_id)}
+        names = [
+            name
+            for name, image in usable.items()
+            if image.verdict.sha256 not in refused and name not in excluded
+        ]
         saved = self.state.entry(rot.entry.entry_id)
         position = Position(last_image=saved.last_image, shown_in_cycle=saved.shown_in_cycle)
         exclude = set(rot.excluded)

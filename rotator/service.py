@@ -20,16 +20,25 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rotator import __version__
+from rotator import __version__, manual
 from rotator.catalog import CacheEntry, Catalog, escape_name, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
+from rotator.control import ControlServer
 from rotator.cron import every_due
 from rotator.errors import ConfigError, RotatorError
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.logs import add_listener, add_secret, configure, emit, remove_listener
-from rotator.metrics import EntryFigures, Metrics, Snapshot
+from rotator.logs import (
+    add_listener,
+    add_secret,
+    configure,
+    emit,
+    redact_text,
+    remove_listener,
+)
+from rotator.metrics import EntryFigures, Metrics, Snapshot, entry_label
+from rotator.notify import Notifier, start_notifier, stop_notifier
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
@@ -125,7 +134,7 @@ class _EntryRun:
 
     entry: AccountEntry
     catalog: Catalog
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[RotationResult | None] | None = None
     retired: bool = False  # removed by a reload: its rotation ends after the write on the wire
     fired_at: dt.datetime | None = None  # the latest due time, merged ones included
 
@@ -154,6 +163,9 @@ class Daemon:
         self.state_dir = state_dir_for(settings, dry_run=dry_run)
         self._rng = random.Random()  # noqa: S311 - jitter is not cryptography
         self._stop = asyncio.Event()
+        self._stopped_by = "error"  # until a signal asks for the stop
+        # The last reload's outcome, in the heartbeat for `rotator reload` to wait on.
+        self._reload_outcome: dict[str, object] = {"count": 0, "ok": True, "problems": []}
         self._reload_requested = asyncio.Event()
         self._runs: dict[str, _EntryRun] = {}
         self._catalogs: dict[Path, Catalog] = {}
@@ -162,6 +174,8 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self._retired: set[_EntryRun] = set()
         self.metrics: Metrics | None = None
+        self.notifications: Notifier | None = None
+        self._control: ControlServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -169,13 +183,17 @@ class Daemon:
         """Serve until asked to stop; return the exit code."""
         loop = asyncio.get_running_loop()
         self.state = StateStore.open(self.state_dir, lock=True)
+        self.notifications = start_notifier(self.settings.notify, self.environ)
         try:
             return await self._serve(loop)
+        except RotatorError:  # a problem of the setup (a busy metrics port): the CLI prints it
+            raise
         except Exception as exc:
             emit("daemon.crashed", error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self.state.close()
+            await asyncio.to_thread(stop_notifier, self.notifications)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         settings = self.settings
@@ -200,7 +218,7 @@ class Daemon:
             on_dir_appeared=self._on_dir_appeared,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signum, self._stop_by_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
             emit(
@@ -216,6 +234,7 @@ class Daemon:
             )
             self._start_metrics()
             self.pauses.restore()
+            await self._start_control()
             self.watcher.start()
             await self._set_entries(settings.accounts)
             self.scheduler.start()
@@ -263,6 +282,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("control", self._stop_control),
             ("pauses", self.pauses.close),
             ("watcher", lambda: asyncio.to_thread(self.watcher.stop)),
             ("metrics", self._stop_metrics),
@@ -274,7 +294,25 @@ class Daemon:
                 await step()
             except Exception as exc:  # best effort: log it and go on closing the rest
                 emit("daemon.shutdown_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
-        emit("daemon.stopped", reason="signal", drained=len(writing))
+        emit("daemon.stopped", reason=self._stopped_by, drained=len(writing))
+
+    def _stop_by_signal(self) -> None:
+        self._stopped_by = "signal"
+        self._stop.set()
+
+    async def _start_control(self) -> None:
+        control = ControlServer(self.state_dir, lambda request: manual.handle(self, request))
+        try:
+            await control.start()
+        except OSError as exc:  # the daemon still rotates; commands act on the state instead
+            emit("control.unavailable", path=str(control.path), reason=str(exc))
+            return
+        self._control = control
+        emit("control.listening", path=str(control.path))
+
+    async def _stop_control(self) -> None:
+        if self._control is not None:
+            await self._control.close()
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -348,6 +386,7 @@ class Daemon:
                 if (when := self.scheduler.next_due(entry_id)) is not None
             },
             "status": self._status_line(),
+            "reload": self._reload_outcome,
         }
         write_heartbeat(self.state_dir, _now(), summary)
         self.notifier.status(self._status_line())
@@ -371,7 +410,9 @@ class Daemon:
             entries.append(
                 EntryFigures(
                     account=run.entry.account,
-                    entry=entry_id,
+                    entry=entry_label(
+                        run.entry.account, run.entry.folder, self.settings.config_path.parent
+                    ),
                     next_rotation=due.timestamp() if due else None,
                     last_success=saved.last_success.timestamp() if saved.last_success else None,
                     usable_images=len(run.catalog.usable()),
@@ -405,6 +446,10 @@ class Daemon:
             parts.append(f"{len(pauses)} paused: " + "; ".join(p.describe() for p in pauses))
         if self.dry_run:
             parts.append("dry run")
+        if not self._reload_outcome["ok"]:
+            problems = self._reload_outcome["problems"]
+            first = problems[0] if isinstance(problems, list) and problems else "?"
+            parts.insert(0, f"reload failed ({first}); running the previous config")
         return ", ".join(parts)
 
     # -- entries, catalogs, schedules ------------------------------------------------
@@ -515,13 +560,41 @@ class Daemon:
     def _on_missed(self, entry_id: str, kind: str) -> None:
         emit("schedule.missed", entry=entry_id, kind=kind)
 
-    async def _rotate(self, run: _EntryRun) -> None:
+    # -- by hand, through the control socket ------------------------------------------
+
+    def catalog_of(self, entry_id: str) -> Catalog | None:
+        """Return the catalog of an entry in force."""
+        run = self._runs.get(entry_id)
+        return run.catalog if run is not None else None
+
+    def is_busy(self, entry_id: str) -> bool:
+        """Tell whether a rotation of the entry is running (or waiting out a pause)."""
+        run = self._runs.get(entry_id)
+        return run is not None and run.busy
+
+    async def rotate_by_hand(self, entry_id: str, image: str | None) -> RotationResult | None:
+        """Rotate an entry now, not waiting for pauses; None when it failed inside."""
+        run = self._runs.get(entry_id)
+        if run is None or run.busy or self._stop.is_set():
+            raise RotatorError("the entry is busy or the daemon is stopping; try again soon")
+        task = asyncio.get_running_loop().create_task(self._rotate(run, image=image, by_hand=True))
+        run.task = task  # awaited (and drained at shutdown) like any rotation
+        return await task
+
+    async def _rotate(
+        self, run: _EntryRun, *, image: str | None = None, by_hand: bool = False
+    ) -> RotationResult | None:
         entry = run.entry
+        result = None
         try:
-            if entry.schedule.every is None and entry.jitter:
+            if entry.schedule.every is None and entry.jitter and not by_hand:
                 await asyncio.sleep(self._jitter(entry).total_seconds())
-            await self.rotator.rotate(
-                entry, run.catalog, stop_reason=lambda: self._stop_reason(run)
+            result = await self.rotator.rotate(
+                entry,
+                run.catalog,
+                image=image,
+                wait_for_pauses=not by_hand,
+                stop_reason=lambda: self._stop_reason(run),
             )
             if self._stop_reason(run) is None and run.fired_at is not None:
                 # Done with this due time: a restart from here on owes it nothing. An
@@ -540,12 +613,14 @@ class Daemon:
                 every is not None
                 and not self._stop.is_set()
                 and self._runs.get(entry.entry_id) is run
+                and (not by_hand or (result is not None and result.ok))
             ):
                 # "every D" counts from this rotation's end: the success just recorded.
                 when = _now() + dt.timedelta(seconds=every) + self._jitter(run.entry)
                 self.scheduler.schedule_at(entry.entry_id, when)
             if self.metrics is not None:
                 self.metrics.update(self._figures())
+        return result
 
     # -- folders -----------------------------------------------------------------------
 
@@ -659,7 +734,7 @@ class Daemon:
         except RotatorError as exc:
             problems = getattr(exc, "problems", None) or [str(exc)]
             emit("daemon.reload_failed", problems=problems, kept="the running config")
-            self.notifier.ready(self._status_line())
+            self._reload_done(problems)
             return
         self.settings = new
         configure(new.log.level, new.log.format)
@@ -675,6 +750,12 @@ class Daemon:
             self.api_key = key
         if new_key:
             await self.pauses.end("key", None, "a new API key was loaded")
+        if new.notify != old.notify:
+            replaced, self.notifications = (
+                self.notifications,
+                start_notifier(new.notify, self.environ),
+            )
+            self._spawn(asyncio.to_thread(stop_notifier, replaced))
         if fit_settings(new) != fit_settings(old):
             self._drop_catalogs()  # made again below with the new [images] settings
         added, removed, changed = await self._set_entries(new.accounts)
@@ -688,7 +769,21 @@ class Daemon:
             new_key=new_key,
             needs_restart=_restart_only_changes(old, new),
         )
+        self._reload_done([])
+
+    def _reload_done(self, problems: list[str]) -> None:
+        """Publish a reload's outcome: STATUS= and READY=1, and the heartbeat at once."""
+        count = self._reload_outcome["count"]
+        self._reload_outcome = {
+            "count": (count if isinstance(count, int) else 0) + 1,
+            "ok": not problems,
+            "problems": [redact_text(str(problem)) for problem in problems],
+        }
         self.notifier.ready(self._status_line())
+        try:
+            self._beat()
+        except OSError as exc:  # `rotator reload` then times out and says so
+            emit("daemon.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _close_when_idle(self, client: XquikClient) -> None:
         """Close a replaced client once the writes (and polls) that use it are over."""
@@ -720,9 +815,13 @@ async def rotate_now(
     *,
     image: str | None,
     dry_run: bool,
+    state_dir: Path | None = None,
 ) -> list[RotationResult]:
-    """Rotate ``entries`` once now (``rotator rotate``); pauses are reported, not waited."""
-    state_dir = state_dir_for(settings, dry_run=dry_run)
+    """Rotate ``entries`` once now (``rotator rotate``); pauses are reported, not waited.
+
+    ``state_dir`` overrides where the state is read and written (a dry run's scratch copy).
+    """
+    state_dir = state_dir or state_dir_for(settings, dry_run=dry_run)
     with StateStore.open(state_dir, lock=True) as state:
         pauses = PauseBoard(state, policy_settings(settings))
         pauses.restore()

@@ -34,6 +34,7 @@ import sqlite3
 import stat
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -101,6 +102,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+# Tables added without a schema version of their own: made at every writable open, so an
+# older rotator that opens the same database simply ignores them.
+_SIDE_TABLES = (
+    """CREATE TABLE IF NOT EXISTS excluded_images (
+        entry_id TEXT NOT NULL, image TEXT NOT NULL, time TEXT NOT NULL,
+        PRIMARY KEY (entry_id, image))""",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -577,17 +585,31 @@ class StateStore:
             if not keep_pending:
                 conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
 
-    def history(self, *, limit: int = 50, entry_id: str | None = None) -> list[HistoryRow]:
-        """Return up to ``limit`` audit rows, newest first, of one entry or of all."""
+    def history(
+        self,
+        *,
+        limit: int = 50,
+        entry_id: str | None = None,
+        account: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> list[HistoryRow]:
+        """Return up to ``limit`` audit rows, newest first, narrowed by entry, account, time."""
         if limit < 0:
             raise ValueError(f"limit must be zero or more, not {limit}")
-        if entry_id is None:
-            rows = self._read("SELECT * FROM history ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read(
-                "SELECT * FROM history WHERE entry_id = ? ORDER BY id DESC LIMIT ?",
-                (entry_id, limit),
-            )
+        conditions, params = ["1"], list[object]()
+        if entry_id is not None:
+            conditions.append("entry_id = ?")
+            params.append(entry_id)
+        if account is not None:
+            conditions.append("account = ?")
+            params.append(account)
+        if since is not None:
+            conditions.append("time >= ?")
+            params.append(_time_text(since))
+        rows = self._read(
+            f"SELECT * FROM history WHERE {' AND '.join(conditions)} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed condition texts, values are parameters
+            (*params, limit),
+        )
         result = []
         for row in rows:
             fields = dict(row)
@@ -697,6 +719,49 @@ class StateStore:
         """Forget that the server refused this content hash."""
         with self._write() as conn:
             conn.execute("DELETE FROM rejected_images WHERE sha256 = ?", (sha256,))
+
+    # --- set by hand: positions skipped, images excluded ----------------------------------
+
+    def set_position(
+        self, *, entry_id: str, account: str, last_image: str, shown_in_cycle: frozenset[str]
+    ) -> None:
+        """Move the entry's position past ``last_image`` without a write (``rotator skip``)."""
+        with self._write() as conn:
+            _touch_entry(conn, entry_id, account)
+            conn.execute(
+                "UPDATE entries SET last_image = ?, shown_in_cycle = ? WHERE entry_id = ?",
+                (last_image, json.dumps(sorted(shown_in_cycle)), entry_id),
+            )
+
+    def exclude_image(self, *, entry_id: str, image: str, now: dt.datetime) -> bool:
+        """Keep ``image`` (relative to the entry's folder) from being picked; False if it was."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO excluded_images VALUES (?, ?, ?)",
+                (entry_id, image, _time_text(now)),
+            )
+            return cursor.rowcount > 0
+
+    def include_image(self, *, entry_id: str, image: str) -> bool:
+        """Let ``image`` be picked again; False if it was not excluded."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM excluded_images WHERE entry_id = ? AND image = ?", (entry_id, image)
+            )
+            return cursor.rowcount > 0
+
+    def excluded_images(self, entry_id: str | None = None) -> list[tuple[str, str]]:
+        """Return (entry id, image) of the images excluded by hand, of one entry or of all."""
+        if not self._read(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'excluded_images'"
+        ):
+            return []  # a read-only look at a database no daemon of this version opened yet
+        rows = self._read(
+            """SELECT entry_id, image FROM excluded_images
+               WHERE ? IS NULL OR entry_id = ? ORDER BY entry_id, image""",
+            (entry_id, entry_id),
+        )
+        return [(str(row[0]), str(row[1])) for row in rows]
 
     # --- validation cache ----------------------------------------------------------------
 
@@ -873,6 +938,9 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
             conn.execute("PRAGMA synchronous = FULL")
         _check_schema(conn, state_dir, readonly=readonly)
         _check_integrity(conn, db_path)
+        if not readonly:
+            for statement in _SIDE_TABLES:
+                conn.execute(statement)
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
@@ -995,6 +1063,29 @@ def _pause_key(scope: PauseScope, account: str | None) -> tuple[str, str]:
 
 
 # --- heartbeat (a small file, not SQLite: `rotator health` must never wait on a lock) -------
+
+
+def copy_state(source_dir: Path, dest_dir: Path) -> bool:
+    """Copy the database in ``source_dir`` into ``dest_dir``; False when there is none.
+
+    A consistent snapshot through SQLite's backup API, safe while a daemon writes to
+    the source: a dry run works on the copy, so it sees the real positions and pauses
+    and changes nothing of them.
+    """
+    source = source_dir / DB_NAME
+    if not source.exists():
+        return False
+    _make_dir(dest_dir)
+    uri = f"file:{urllib.parse.quote(str(source))}?mode=ro"
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(uri, uri=True)) as reader,
+            contextlib.closing(sqlite3.connect(dest_dir / DB_NAME)) as writer,
+        ):
+            reader.backup(writer)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot copy the state in {source_dir}: {exc}") from exc
+    return True
 
 
 def write_heartbeat(state_dir: Path, now: dt.datetime, summary: Mapping[str, object]) -> None:

@@ -10,7 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rotator.config import AccountEntry, Settings, load_settings, resolve_config_path
+from rotator.config import (
+    AccountEntry,
+    Settings,
+    choose_state_dir,
+    load_settings,
+    resolve_config_path,
+)
 from rotator.errors import ConfigError
 from rotator.keys import ApiKey, find_api_key
 
@@ -45,13 +51,33 @@ def no_key_files(tmp_path: Path) -> Path:
 # ---- the example config ----
 
 
+def _hours(field: str) -> set[int]:
+    """Expand a crontab hour field made of numbers, ranges and commas (crontab(5))."""
+    hours: set[int] = set()
+    for part in field.split(","):
+        low, _, high = part.partition("-")
+        hours.update(range(int(low), int(high or low) + 1))
+    return hours
+
+
+def test_example_config_entries_of_one_account_take_turns() -> None:
+    """Prove the example's day and night entries of one account never fire in the same hour."""
+    settings = load_settings(EXAMPLE, {})
+    entries = [entry for entry in settings.accounts if entry.account == "myxaccount"]
+    assert len(entries) == 2
+    assert len({entry.timezone for entry in entries}) == 1  # one clock for both windows
+    fields = [entry.schedule.text.split() for entry in entries]
+    assert all(len(f) == 5 and f[2:] == ["*", "*", "*"] for f in fields), fields
+    day, night = (_hours(f[1]) for f in fields)
+    assert day.isdisjoint(night)
+    assert day | night == set(range(24))
+
+
 def test_example_config_loads_as_is() -> None:
     """Prove config.example.toml loads unchanged and points at the shipped sample folders."""
     settings = load_settings(EXAMPLE, {})
     assert len(settings.accounts) >= 2
     assert {entry.account for entry in settings.accounts} >= {"myxaccount"}
-    schedules = {entry.schedule.text for entry in settings.accounts}
-    assert "every 30s" in schedules
     assert any(entry.schedule.is_cron for entry in settings.accounts)
     for entry in settings.accounts:
         assert entry.folder.is_dir()
@@ -227,7 +253,9 @@ def test_env_unrelated_and_config_variables_are_ignored(tmp_path: Path) -> None:
 def test_env_unknown_key_in_known_section_is_named(tmp_path: Path) -> None:
     """Prove a misspelt key under a known section is an error naming the variable."""
     problems = problems_of(write_config(tmp_path, ENTRY), {"ROTATOR_API__BASE_ULR": "x"})
-    assert problems == ["api.base_ulr: unknown key (from ROTATOR_API__BASE_ULR)"]
+    assert problems == [
+        "api.base_ulr: unknown key; did you mean 'base_url'? (from ROTATOR_API__BASE_ULR)"
+    ]
 
 
 def test_env_bad_value_names_the_variable(tmp_path: Path) -> None:
@@ -269,16 +297,34 @@ def test_env_accounts_entry_errors_name_the_variable(tmp_path: Path) -> None:
 # ---- unknown keys and bad values ----
 
 
+def test_unknown_sections_are_named_with_a_guess(tmp_path: Path) -> None:
+    """Prove [ratelimit] is an unknown section with rate_limit suggested."""
+    problems = problems_of(write_config(tmp_path, "[ratelimit]\nwrites = 3\n" + ENTRY))
+    assert problems == ["ratelimit: unknown section; did you mean 'rate_limit'?"]
+
+
+def test_environment_variables_that_set_nothing_are_warnings(tmp_path: Path) -> None:
+    """Prove ROTATOR_RATELIMIT__WRITES loads with a warning naming the real variable."""
+    environ = {"ROTATOR_RATELIMIT__WRITES": "3", "ROTATOR_COLOUR": "x", "ROTATOR_CONFIG": "y"}
+    settings = load_settings(write_config(tmp_path, ENTRY), environ)
+    assert settings.env_warnings == (
+        "ROTATOR_RATELIMIT__WRITES sets nothing and is ignored (no section 'ratelimit'); "
+        "did you mean ROTATOR_RATE_LIMIT__WRITES?",
+        "ROTATOR_COLOUR sets nothing and is ignored (no section 'colour')",
+    )
+    assert settings.rate_limit.writes == 30
+
+
 def test_unknown_keys_everywhere_are_reported(tmp_path: Path) -> None:
-    """Prove unknown keys at the top, in a section and in an entry each get a line."""
+    """Prove unknown keys at the top, in a section and in an entry each get a line and a guess."""
     text = (
         'colour = "blue"\n[retry]\nattemps = 3\n[[accounts]]\naccount = "a"\n'
         'folder = "f"\nshedule = "every 5m"\n'
     )
     problems = problems_of(write_config(tmp_path, text))
-    assert "colour: unknown key" in problems
-    assert "retry.attemps: unknown key" in problems
-    assert "accounts[0].shedule: unknown key" in problems
+    assert "colour: unknown key" in problems  # nothing close enough to guess
+    assert "retry.attemps: unknown key; did you mean 'attempts'?" in problems
+    assert "accounts[0].shedule: unknown key; did you mean 'schedule'?" in problems
     assert "accounts[0].schedule: required" in problems
 
 
@@ -497,14 +543,25 @@ def test_relative_config_path_is_made_absolute(
 
 
 def test_state_dir_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prove state_dir: state.dir, else the first $STATE_DIRECTORY path, else <cwd>/state."""
-    monkeypatch.chdir(tmp_path)
+    """Prove state_dir: state.dir, else the first $STATE_DIRECTORY path, else beside the config."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where the command runs from must not matter
     plain = write_config(tmp_path, ENTRY)
     assert load_settings(plain, {}).state_dir == tmp_path / "state"
     systemd = {"STATE_DIRECTORY": "/var/lib/rotator:/var/lib/other"}
     assert load_settings(plain, systemd).state_dir == Path("/var/lib/rotator")
     explicit = write_config(tmp_path, '[state]\ndir = "/srv/state"\n' + ENTRY)
     assert load_settings(explicit, systemd).state_dir == Path("/srv/state")
+
+
+def test_a_config_in_etc_rotator_keeps_its_state_where_the_unit_does() -> None:
+    """Prove /etc/rotator/rotator.toml means /var/lib/rotator (the unit's StateDirectory=)."""
+    system = Path("/etc/rotator/rotator.toml")
+    assert choose_state_dir(None, {}, system) == Path("/var/lib/rotator")
+    assert choose_state_dir(None, {"STATE_DIRECTORY": "/run/x"}, system) == Path("/run/x")
+    assert choose_state_dir(Path("/srv/s"), {}, system) == Path("/srv/s")
+    assert choose_state_dir(None, {}, Path("/etc/other/rotator.toml")) == Path("/etc/other/state")
 
 
 # ---- the file itself ----

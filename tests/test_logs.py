@@ -6,8 +6,11 @@ import datetime as dt
 import io
 import json
 import logging
+import os
+import pty
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -226,3 +229,75 @@ def test_level_setting_filters_lower_events(configure: Configure) -> None:
     logs.emit("avatar.uploaded", account="alice")
     logs.emit("image.rejected", account="alice")
     assert [line["event"] for line in parsed(buffer)] == ["image.rejected"]
+
+
+# sd-daemon(3): SD_ERR "<3>", SD_WARNING "<4>", SD_INFO "<6>", SD_DEBUG "<7>".
+JOURNAL_PRIORITIES = {"error": "<3>", "warning": "<4>", "info": "<6>", "debug": "<7>"}
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo a logs.configure() call made by the test."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("event", "level"),
+    [
+        ("daemon.reload_failed", "error"),
+        ("pause.started", "warning"),
+        ("avatar.uploaded", "info"),
+        ("rotation.merged", "debug"),
+    ],
+)
+def test_journal_lines_carry_their_syslog_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None, event: str, level: str
+) -> None:
+    """On the stream $JOURNAL_STREAM names, each JSON line starts with sd-daemon's <N>."""
+    path = tmp_path / "journal"
+    with path.open("w", encoding="utf-8") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        logs.configure(level="debug", stream=stream)
+        logs.emit(event, account="alice")
+    line = path.read_text(encoding="utf-8").strip()
+    prefix = JOURNAL_PRIORITIES[level]
+    assert line.startswith(prefix), line
+    assert json.loads(line.removeprefix(prefix))["event"] == event
+
+
+def test_other_streams_get_no_priority_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    """stdout redirected away from the journal (another inode) stays plain JSON lines."""
+    journal = tmp_path / "journal"
+    journal.write_text("")
+    info = os.stat(journal)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+    path = tmp_path / "redirected"
+    with path.open("w", encoding="utf-8") as stream:
+        logs.configure(level="debug", stream=stream)
+        logs.emit("pause.started", account="alice")
+    assert json.loads(path.read_text(encoding="utf-8"))["event"] == "pause.started"
+
+
+def test_colour_only_on_a_terminal_and_never_under_no_color(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A pseudo-terminal gets colour; a file does not; NO_COLOR=1 turns it off (no-color.org)."""
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal, (tmp_path / "file").open("w") as plain:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        assert logs.wants_colour(terminal) is True
+        assert logs.wants_colour(plain) is False
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert logs.wants_colour(terminal) is False
+        monkeypatch.setenv("NO_COLOR", "")  # empty: as if unset
+        assert logs.wants_colour(terminal) is True
+    os.close(leader)

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,17 @@ def test_image_keeps_user_healthcheck_and_entrypoint(image: str) -> None:
     assert config["StopSignal"] == "SIGTERM"
     assert "ROTATOR_CONFIG=/config/rotator.toml" in config["Env"]
     assert "STATE_DIRECTORY=/state" in config["Env"]
+
+
+def test_image_carries_oci_labels_with_the_package_version(image: str) -> None:
+    """The built image is labelled with its title, the package's version and its base image."""
+    inspected = json.loads(run(["buildah", "inspect", "--type", "image", image]))
+    labels = inspected["Docker"]["config"]["Labels"]
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert labels["org.opencontainers.image.title"] == "rotator"
+    assert labels["org.opencontainers.image.version"] == version
+    assert labels["org.opencontainers.image.description"]
+    assert labels["org.opencontainers.image.base.name"] == BASE_IMAGE
 
 
 def test_root_file_system_is_read_only_even_for_root(read_only_container: str) -> None:

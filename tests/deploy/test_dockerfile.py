@@ -190,7 +190,7 @@ def test_compose_example_runs_the_image_locked_down() -> None:
         "- /tmp",
         "./state:/state",
         "./avatars:/images:ro",
-        "./rotator.toml:/config/rotator.toml:ro",
+        "./config:/config:ro",
         "file: ./secrets/xquik_api_key",
         '["CMD", "rotator", "health"]',
         "restart: unless-stopped",
@@ -202,3 +202,18 @@ def test_compose_example_runs_the_image_locked_down() -> None:
     grace = re.search(r"^\s+stop_grace_period:\s*(\d+)s\s*$", text, flags=re.MULTILINE)
     assert grace, "compose.yaml sets no stop_grace_period in seconds"
     assert int(grace.group(1)) > 10
+
+
+def test_compose_mounts_the_config_directory_not_the_file() -> None:
+    """compose.yaml: an edit that replaces rotator.toml (sed -i, editors) reaches the container."""
+    text = COMPOSE.read_text()
+    mounts = re.findall(r"^\s+- (\S+:/config\S*)\s*$", text, flags=re.MULTILINE)
+    assert mounts == ["./config:/config:ro"], mounts
+
+
+def test_compose_caps_the_log_size() -> None:
+    """compose.yaml: json-file logs rotate instead of growing for months."""
+    text = COMPOSE.read_text()
+    assert re.search(r"^\s+driver: json-file\s*$", text, flags=re.MULTILINE)
+    assert re.search(r'^\s+max-size: "\d+m"\s*$', text, flags=re.MULTILINE)
+    assert re.search(r'^\s+max-file: "\d+"\s*$', text, flags=re.MULTILINE)

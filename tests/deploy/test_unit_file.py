@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from rotator.config import choose_state_dir
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "rotator.service"
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
@@ -99,15 +101,15 @@ def measured_exposure() -> float:
 
 
 def test_unit_is_valid_apart_from_the_missing_binary() -> None:
-    """systemd-analyze verify reports nothing but a missing ExecStart binary."""
+    """systemd-analyze verify reports nothing but the missing rotator binary."""
     code, lines = verify(UNIT)
     expected = (
         f"rotator.service: Command {EXEC_START_BINARY} is not executable: No such file or directory"
     )
     if Path(EXEC_START_BINARY).exists():
         assert (code, lines) == (0, [])
-    else:
-        assert lines == [expected]
+    else:  # once for ExecStart=, once for ExecReload=
+        assert lines == [expected, expected]
 
 
 def test_unit_is_clean_when_the_binary_exists(tmp_path: Path) -> None:
@@ -141,16 +143,14 @@ def test_documented_exposure_is_the_measured_one() -> None:
 
 
 def test_lifecycle_settings() -> None:
-    """Type=notify with main-only notify access, watchdog, reload by SIGHUP, restart policy."""
+    """Type=notify with main-only notify access, watchdog, a reload that reports, restart policy."""
     assert single("Type") == "notify"
     assert single("NotifyAccess") == "main"
     assert timespan_seconds(single("WatchdogSec")) >= 2
     assert single("Restart") == "on-failure"
     assert "2" in single("RestartPreventExitStatus").split()
-    assert single("ExecReload").split() in (
-        ["kill", "-HUP", "$MAINPID"],
-        ["/bin/kill", "-HUP", "$MAINPID"],
-    )
+    # `rotator reload` signals the daemon and exits with its verdict on the new config.
+    assert single("ExecReload") == f"{EXEC_START_BINARY} reload"
     assert timespan_seconds(single("TimeoutStopSec")) > DRAIN_SECONDS
 
 
@@ -182,3 +182,29 @@ def test_timespan_parser_reads_systemd_spans() -> None:
     assert timespan_seconds("45") == 45
     with pytest.raises(AssertionError):
         timespan_seconds("soon")
+
+
+def test_documentation_points_at_the_docs_the_install_guide_installs() -> None:
+    """Documentation= names file: URIs of repo documents that docs/deploy.md installs there."""
+    unit = parse_unit(UNIT.read_text())["Unit"]
+    uris = " ".join(value for name, value in unit if name == "Documentation").split()
+    files = [uri.removeprefix("file:") for uri in uris if uri.startswith("file:")]
+    assert files, "the unit names no documentation file"
+    guide = DEPLOY_DOC.read_text()
+    for path in files:
+        name = Path(path).name
+        assert (REPO / name).exists() or (REPO / "docs" / name).exists(), name
+        assert str(Path(path).parent) in guide, f"docs/deploy.md never installs {path}"
+    assert all(re.match(r"^(file|man|https?|info):", uri) for uri in uris), uris
+
+
+def test_commands_find_the_state_where_the_unit_keeps_it() -> None:
+    """systemd.exec(5): StateDirectory=X is /var/lib/X, ConfigurationDirectory=X is /etc/X.
+
+    ``rotator status --config /etc/rotator/rotator.toml`` run without $STATE_DIRECTORY must
+    read the service's state, so the rule in the config loader must match the unit.
+    """
+    state = Path("/var/lib") / single("StateDirectory")
+    config = Path("/etc") / single("ConfigurationDirectory") / "rotator.toml"
+    assert f"ROTATOR_CONFIG={config}" in values("Environment")
+    assert choose_state_dir(None, {}, config) == state

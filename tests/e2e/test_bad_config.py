@@ -7,6 +7,8 @@ the same way, so each case runs through both.
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -97,12 +99,12 @@ CASES = [
     ),
     pytest.param(
         _config_text(sections="[retyr]\nattempts = 3\n"),
-        ["retyr: unknown key"],
+        ["retyr: unknown section; did you mean 'retry'?"],
         id="unknown-top-level-key",
     ),
     pytest.param(
         _config_text(sections="[retry]\nattemps = 3\n"),
-        ["retry.attemps: unknown key"],
+        ["retry.attemps: unknown key; did you mean 'attempts'?"],
         id="unknown-key-in-section",
     ),
     pytest.param(
@@ -198,7 +200,7 @@ CASES = [
             entries=(ENTRY.replace("every 6h", "61 * * * *") + 'timezone = "Nowhere"\n',),
         ),
         [
-            "retry.attemps: unknown key",
+            "retry.attemps: unknown key; did you mean 'attempts'?",
             'accounts[0].schedule: "61 * * * *" is not a valid cron expression',
             "accounts[0].timezone: 'Nowhere' is not a known IANA time zone",
         ],
@@ -321,3 +323,23 @@ def test_bad_command_line_exits_2_with_one_line(
     """A bad command line: exit 2, one line on stderr naming what is wrong, no traceback."""
     (line,) = _error_lines(_run(*argv, cwd=tmp_path))
     assert fragment in line
+
+
+def test_a_busy_metrics_port_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    """metrics.listen on a port already taken: exit 2, one line naming it, no daemon.crashed."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _write(tmp_path, _config_text(sections=f'[metrics]\nlisten = "127.0.0.1:{port}"'))
+        result = _run("run", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"rotator: metrics.listen: cannot listen on 127.0.0.1:{port}")
+    events = [json.loads(text)["event"] for text in result.stdout.splitlines() if text]
+    assert "daemon.crashed" not in events
+    stopped = [
+        json.loads(text) for text in result.stdout.splitlines() if '"daemon.stopped"' in text
+    ]
+    assert [event["reason"] for event in stopped] == ["error"]
+    assert "Traceback" not in result.stdout + result.stderr

@@ -17,9 +17,23 @@ from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
 
 import rotator
-from rotator.state import write_heartbeat
+from rotator.state import StateStore, write_heartbeat
 
-COMMANDS = ("run", "check", "plan", "rotate", "status", "resume", "health")
+COMMANDS = (
+    "run",
+    "check",
+    "plan",
+    "rotate",
+    "status",
+    "history",
+    "resume",
+    "pause",
+    "skip",
+    "exclude",
+    "include",
+    "reload",
+    "health",
+)
 
 
 def _setup(
@@ -134,12 +148,44 @@ def test_rotate_dry_run_needs_no_key(tmp_path: Path, fake_xquik: FakeXquik) -> N
     config, _ = _setup(tmp_path, fake_xquik)
     result = _cli(config, "rotate", "--dry-run", env=cli_env(None))
     assert result.returncode == 0, result.stderr
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # logs: stderr
     assert {e["account"] for e in events if e["event"] == "avatar.would_upload"} == {
         "alice",
         "bob",
     }
     assert fake_xquik.requests() == []
+
+
+def test_rotate_dry_run_previews_the_next_real_image_and_changes_nothing(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """After img1 and img2 went out, --dry-run names img10 (twice), then the real one sends it."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    env = cli_env(fake_xquik.api_key)
+    for _ in range(2):
+        assert _cli(config, "rotate", "--account", "alice", env=env).returncode == 0
+    state_files = {
+        path: path.read_bytes() for path in (tmp_path / "state").rglob("*") if path.is_file()
+    }
+
+    def previewed() -> list[str]:
+        result = _cli(config, "rotate", "--account", "alice", "--dry-run", env=cli_env(None))
+        assert result.returncode == 0, result.stderr
+        events = [json.loads(line) for line in result.stderr.splitlines()]
+        return [e["image"] for e in events if e["event"] == "avatar.would_upload"]
+
+    assert previewed() == ["img10.png"]
+    assert previewed() == ["img10.png"], "a dry run must not move the real position"
+    assert not (tmp_path / "state" / "dry-run").exists()
+    for path, content in state_files.items():
+        if path.suffix == ".db":
+            assert path.read_bytes() == content, f"{path.name} changed"
+    # It also works beside a running daemon, whose lock it never needs.
+    daemon = start_daemon(config)
+    (uploaded,) = daemon.wait_for("avatar.uploaded")  # bob's first; alice is not due
+    assert uploaded["account"] == "bob"
+    assert previewed() == ["img10.png"]
+    assert daemon.stop() == 0
 
 
 def test_key_from_key_file(tmp_path: Path, fake_xquik: FakeXquik) -> None:
@@ -625,12 +671,18 @@ def test_rotate_once_for_every_entry(tmp_path: Path, fake_xquik: FakeXquik) -> N
     assert bob.file is not None
     assert alice.file.data == images["alice/img1.png"]
     assert bob.file.data == images["bob/one.png"]
-    assert sorted(result.stderr.splitlines()) == [
+    # Results on stdout, log lines on stderr: `rotator rotate | ...` reads only results.
+    assert sorted(result.stdout.splitlines()) == [
         "alice: uploaded img1.png",
         "bob: uploaded one.png",
     ]
-    uploaded = [json.loads(line) for line in result.stdout.splitlines()]
+    uploaded = [json.loads(line) for line in result.stderr.splitlines()]
     assert len([e for e in uploaded if e["event"] == "avatar.uploaded"]) == 2
+    again = _cli(config, "rotate", "--json", env=cli_env(fake_xquik.api_key))
+    assert sorted(
+        (item["account"], item["result"], item["image"], item["ok"])
+        for item in json.loads(again.stdout)
+    ) == [("alice", "uploaded", "img2.jpg", True), ("bob", "uploaded", "two.png", True)]
 
 
 def test_rotate_one_account(tmp_path: Path, fake_xquik: FakeXquik) -> None:
@@ -663,7 +715,7 @@ def test_rotate_image_outside_the_folders_exits_2(tmp_path: Path, fake_xquik: Fa
     make_image(outside, seed=42)
     result = _cli(config, "rotate", "--image", str(outside), env=cli_env(fake_xquik.api_key))
     assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("rotator: ")]
     assert "--image" in line
     assert "elsewhere.png" in line
     assert fake_xquik.writes() == []
@@ -703,7 +755,7 @@ def test_rotate_failing_write_exits_1(tmp_path: Path, fake_xquik: FakeXquik, fai
     writes = fake_xquik.writes("alice")
     assert writes
     assert all(w.status in (400, 403) for w in writes)
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("alice:")]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("alice:")]
     assert "uploaded" not in line
 
 
@@ -720,9 +772,23 @@ def test_rotate_unknown_account_exits_2(tmp_path: Path, fake_xquik: FakeXquik) -
 # -- status, resume --------------------------------------------------------------------------
 
 
-def test_status_without_state_says_never(tmp_path: Path, fake_xquik: FakeXquik) -> None:
-    """status before any rotation: exit 0, 'never' for each entry, JSON with nulls."""
+def test_status_without_state_says_so_and_exits_1(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """status, resume and health where no daemon ever ran: exit 1, naming the directory."""
     config, _ = _setup(tmp_path, fake_xquik)
+    for command in ("status", "resume"):
+        result = _cli(config, command, env=cli_env(None))
+        assert result.returncode == 1, result.stderr
+        assert f"no state in {tmp_path / 'state'}" in result.stderr
+        assert result.stdout == ""
+    health = _cli(config, "health", env=cli_env(None))
+    assert health.returncode == 1
+    assert "unhealthy: no heartbeat" in health.stdout
+
+
+def test_status_before_any_rotation_says_never(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """status once the state exists but nothing rotated: exit 0, 'never', JSON with nulls."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
     result = _cli(config, "status", env=cli_env(None))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("last success:  never") == 2
@@ -730,6 +796,28 @@ def test_status_without_state_says_never(tmp_path: Path, fake_xquik: FakeXquik) 
     report = json.loads(_cli(config, "status", "--json", env=cli_env(None)).stdout)
     assert [e["last_success"] for e in report["entries"]] == [None, None]
     assert report["pauses"] == []
+
+
+def test_commands_find_the_state_beside_the_config_from_any_directory(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """With no state.dir, rotate run in one directory and status run in another share state."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    text = config.read_text()
+    config.write_text(re.sub(r"(?m)^dir = .*\n", "", text))  # [state] left empty
+    assert "dir = " not in config.read_text()
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    env = cli_env(fake_xquik.api_key)
+    assert _cli(config, "rotate", "--account", "alice", env=env, cwd=here).returncode == 0
+    result = _cli(config, "status", "--json", env=env, cwd=there)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["state_dir"] == str(config.parent / "state")
+    assert report["entries"][0]["current_image"] == "img1.png"
+    assert not (here / "state").exists()
+    assert not (there / "state").exists()
 
 
 def test_status_after_a_rotation(tmp_path: Path, fake_xquik: FakeXquik) -> None:
@@ -764,7 +852,7 @@ def test_credits_pause_shown_then_resumed(tmp_path: Path, fake_xquik: FakeXquik)
     fake_xquik.script(*[no_credits] * 4)
     rotated = _cli(config, "rotate", "--account", "alice", env=env)
     assert rotated.returncode == 1
-    assert any(json.loads(line)["event"] == "pause.started" for line in rotated.stdout.splitlines())
+    assert any(json.loads(line)["event"] == "pause.started" for line in rotated.stderr.splitlines())
 
     report = json.loads(_cli(config, "status", "--json", env=env).stdout)
     (pause,) = report["pauses"]
@@ -784,7 +872,7 @@ def test_credits_pause_shown_then_resumed(tmp_path: Path, fake_xquik: FakeXquik)
 def test_resume_tells_the_running_daemon(
     tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
 ) -> None:
-    """resume while the daemon waits out a credits pause: the daemon ends it and rotates."""
+    """resume while the daemon waits out a credits pause: it ends it, rotates, does not reload."""
     config, _ = _setup(
         tmp_path,
         fake_xquik,
@@ -797,9 +885,10 @@ def test_resume_tells_the_running_daemon(
     _wait_for_file(tmp_path / "state" / "heartbeat.json")
     result = _cli(config, "resume", env=cli_env(fake_xquik.api_key))
     assert result.returncode == 0, result.stderr
-    assert f"told the running daemon (pid {daemon.proc.pid})" in result.stdout
+    assert result.stdout == "ended the pause of all accounts\n"
     daemon.wait_for("pause.ended", lambda e: e["scope"] == "key")
     daemon.wait_for("avatar.uploaded", count=2, timeout=20)
+    assert daemon.named("daemon.reloaded") == []
     assert daemon.stop() == 0
 
 
@@ -847,13 +936,118 @@ def test_resume_unknown_account_exits_2(tmp_path: Path, fake_xquik: FakeXquik) -
     assert "carol" in line
 
 
+# -- typos and argument order ---------------------------------------------------------------
+
+
+def test_a_mistyped_command_gets_a_suggestion(tmp_path: Path) -> None:
+    """rotator stauts: exit 2, one line suggesting status; nonsense lists the commands."""
+    typo = run_cli("stauts", env=cli_env(None))
+    assert typo.returncode == 2
+    assert typo.stderr.splitlines() == [
+        "rotator: unknown command 'stauts'; did you mean 'status'? (see 'rotator --help')"
+    ]
+    nonsense = run_cli("frobnicate", env=cli_env(None))
+    assert nonsense.returncode == 2
+    (line,) = nonsense.stderr.splitlines()
+    assert "did you mean" not in line
+    commands = "run, check, plan, rotate, status, history, resume, pause, skip, exclude, include"
+    assert f"commands: {commands}, reload, health" in line
+
+
+def test_config_may_come_before_or_after_the_command(tmp_path: Path, fake_xquik: FakeXquik) -> None:
+    """rotator --config P status and rotator status --config P read the same config."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
+    before = run_cli("--config", str(config), "status", "--json", env=cli_env(None))
+    after = run_cli("status", "--json", "--config", str(config), env=cli_env(None))
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    reports = [json.loads(result.stdout) for result in (before, after)]
+    assert [report["state_dir"] for report in reports] == [str(tmp_path / "state")] * 2
+    folders = [[entry["folder"] for entry in report["entries"]] for report in reports]
+    assert folders == [[str(tmp_path / "alice"), str(tmp_path / "bob")]] * 2
+
+
+def test_a_rotator_variable_that_sets_nothing_is_a_warning(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """ROTATOR_RATELIMIT__WRITES: check still passes, and stderr names the real variable."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    result = _cli(config, "check", env=cli_env(None, {"ROTATOR_RATELIMIT__WRITES": "3"}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "rotator: warning: ROTATOR_RATELIMIT__WRITES sets nothing and is ignored (no section "
+        "'ratelimit'); did you mean ROTATOR_RATE_LIMIT__WRITES?"
+    ]
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+def test_history_shows_what_was_sent_when_and_failures(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """history: successes and refusals oldest first, with request ids; filters and JSON."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    env = cli_env(fake_xquik.api_key)
+    fake_xquik.script(
+        Reply(status=422, json={"error": "x_rejected", "message": "X said no"}), account="bob"
+    )
+    assert _cli(config, "rotate", env=env).returncode == 0
+    assert _cli(config, "rotate", "--account", "alice", env=env).returncode == 0
+    text = _cli(config, "history", env=env)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    alice = [line for line in lines if "  alice  " in line]
+    assert [line.split()[2:4] for line in alice] == [
+        ["success", "img1.png"],
+        ["success", "img2.jpg"],
+    ]
+    bob = [line for line in lines if "  bob  " in line]
+    # The refused image is passed over in the same rotation: the next one goes out.
+    assert [line.split()[2:4] for line in bob] == [["error", "one.png"], ["success", "two.png"]]
+    assert "x_rejected: X said no" in bob[0]
+    assert all("(request req_" in line for line in lines)
+    report = json.loads(_cli(config, "history", "--json", "--account", "bob", env=env).stdout)
+    assert [(row["image"], row["outcome"], row["error"]) for row in report["history"]] == [
+        ("one.png", "error", "x_rejected"),
+        ("two.png", "success", None),
+    ]
+    recent = _cli(config, "history", "--since", "1h", "--limit", "1", env=env).stdout
+    assert len(recent.splitlines()) == 1
+    assert "img2.jpg" in recent  # the newest row
+    future = _cli(config, "history", "--since", "2999-01-01", env=env)
+    assert future.returncode == 0
+    assert future.stdout.startswith("no history since 2999-01-01")
+    _assert_key_nowhere(fake_xquik.api_key, tmp_path / "state", text.stdout, text.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--since", "last tuesday"), "--since: 'last tuesday' is neither a duration"),
+        (("--account", "carol"), "--account: no [[accounts]] entry has account 'carol'"),
+        (("--limit", "0"), "--limit"),
+    ],
+)
+def test_history_bad_arguments_exit_2(
+    tmp_path: Path, fake_xquik: FakeXquik, args: tuple[str, ...], needle: str
+) -> None:
+    """history with a bad --since, --account or --limit: exit 2 and one line naming it."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
+    result = _cli(config, "history", *args, env=cli_env(None))
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stderr.splitlines()
+    assert needle in line
+
+
 # -- health ----------------------------------------------------------------------------------
 
 
 def test_health_while_running_then_stale(
     tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
 ) -> None:
-    """health: 0 while the daemon beats (rotate then exits 2); 1 once the beat is 30 s old."""
+    """health: 0 while the daemon beats (rotate goes through it); 1 once the beat is 30 s old."""
     config, _ = _setup(tmp_path, fake_xquik, schedules=("every 1h", "every 1h"))
     state_dir = tmp_path / "state"
     env = cli_env(fake_xquik.api_key)
@@ -867,11 +1061,11 @@ def test_health_while_running_then_stale(
     assert f"pid {daemon.proc.pid}" in line
     assert "daemon: running" in _cli(config, "status", env=env).stdout
     fake_xquik.wait_for_writes(2)
-    busy = _cli(config, "rotate", env=env)
-    assert busy.returncode == 2, busy.stderr
-    (line,) = busy.stderr.splitlines()
-    assert "daemon" in line
-    assert len(fake_xquik.writes()) == 2, "rotate must not write beside a running daemon"
+    by_daemon = _cli(config, "rotate", env=env)
+    assert by_daemon.returncode == 0, by_daemon.stderr
+    assert by_daemon.stdout == "alice: uploaded img2.jpg\nbob: uploaded two.png\n"
+    assert [e["command"] for e in daemon.named("control.command")] == ["rotate"]
+    assert len(fake_xquik.writes()) == 4, "the daemon made the writes rotate asked for"
     assert daemon.stop() == 0
 
     old = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=45)
@@ -883,6 +1077,88 @@ def test_health_while_running_then_stale(
     age = re.search(r"(\d+)s ago", line)
     assert age is not None, line
     assert 45 <= int(age.group(1)) < 120
+
+
+LONG_PAUSES = {"pause": {"credits": "1h", "account": "1h", "auth": "1h", "max": "12h"}}
+
+
+def test_health_is_unhealthy_while_credits_stop_every_rotation(
+    tmp_path: Path, fake_xquik: FakeXquik, start_daemon: DaemonFactory
+) -> None:
+    """Out of credits: the daemon lives but health exits 1 with the next step; --allow-paused 0."""
+    fake_xquik.balance = 0
+    fake_xquik.enforce_credits = True
+    config, _ = _setup(tmp_path, fake_xquik, sections=LONG_PAUSES)
+    env = cli_env(fake_xquik.api_key)
+    daemon = start_daemon(config)
+    (started,) = daemon.wait_for("pause.started")
+    assert started["kind"] == "credits"
+    assert "top up credits" in str(started["next_step"])
+    _wait_for_file(tmp_path / "state" / "heartbeat.json")
+    sick = _cli(config, "health", env=env)
+    assert sick.returncode == 1, sick.stdout
+    (line,) = sick.stdout.splitlines()
+    assert line.startswith("unhealthy: all accounts paused: credits (insufficient_credits)")
+    assert "next step: top up credits" in line
+    verdict = json.loads(_cli(config, "health", "--json", env=env).stdout)
+    assert verdict["healthy"] is False
+    assert verdict["paused"] == ["credits"]
+    assert verdict["pid"] == daemon.proc.pid
+    assert verdict["line"] == line
+    alive = _cli(config, "health", "--allow-paused", env=env)
+    assert alive.returncode == 0, alive.stdout
+    assert alive.stdout.startswith("healthy")
+    assert "paused: credits" in alive.stdout
+    status = _cli(config, "status", env=env).stdout
+    assert "next step: top up credits" in status
+    assert daemon.stop() == 0
+
+
+def test_health_is_unhealthy_only_when_every_account_is_paused(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """An account pause on alice alone is healthy; on alice and bob it is not (exit 1)."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    state_dir = tmp_path / "state"
+    now = dt.datetime.now(dt.UTC)
+    with StateStore.open(state_dir) as state:
+        state.set_pause(
+            scope="account",
+            account="alice",
+            reason="account:account_needs_reauth",
+            until=now + dt.timedelta(hours=1),
+            level=0,
+            now=now,
+        )
+    write_heartbeat(state_dir, now, {"pid": 1, "pause_kinds": ["account"]})
+    one = _cli(config, "health", env=cli_env(None))
+    assert one.returncode == 0, one.stdout
+    with StateStore.open(state_dir) as state:
+        state.set_pause(
+            scope="account",
+            account="bob",
+            reason="x_rate_limited:x_rate_limited",
+            until=now + dt.timedelta(minutes=5),
+            level=0,
+            now=now,
+        )
+    throttled = _cli(config, "health", env=cli_env(None))
+    assert throttled.returncode == 0, "a throttle of minutes is not a reason to restart"
+    with StateStore.open(state_dir) as state:
+        state.set_pause(
+            scope="account",
+            account="bob",
+            reason="daily:x_daily_limit",
+            until=now + dt.timedelta(hours=20),
+            level=0,
+            now=now,
+        )
+    both = _cli(config, "health", env=cli_env(None))
+    assert both.returncode == 1, both.stdout
+    (line,) = both.stdout.splitlines()
+    assert line.startswith("unhealthy: every account is paused")
+    assert "reconnect or unlock @alice in the Xquik dashboard" in line
+    assert "rotator resume --account alice" in line
 
 
 def test_health_without_heartbeat_exits_1(tmp_path: Path, fake_xquik: FakeXquik) -> None:

@@ -61,6 +61,8 @@ def test_metrics_count_uploads_credits_images_and_pauses(
     assert 'rotator_pauses_active{scope="key"} 0.0' in text
     assert "rotator_next_rotation_timestamp_seconds{" in text
     assert fake_xquik.api_key not in text
+    assert 'entry="alice:a"' in text  # the folder relative to the config, no host path
+    assert str(tmp_path) not in text
     assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
     assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
     assert daemon.stop() == 0
