@@ -128,6 +128,9 @@ class Schedule:
 # -- grammar -----------------------------------------------------------------------------
 
 
+MAX_EVERY_SECONDS = 366 * 86400.0  # a yearly rotation is a cron job (`@yearly`)
+
+
 def parse_schedule(text: str) -> Schedule:
     """Parse a schedule string; raise ``ValueError`` with a user-facing message."""
     stripped = " ".join(str(text).split())
@@ -142,6 +145,9 @@ def parse_schedule(text: str) -> Schedule:
             ) from None
         if seconds <= 0:
             raise ValueError(f"{text!r} is not a valid schedule (the interval must be above zero)")
+        if seconds > MAX_EVERY_SECONDS:
+            # Far beyond any sane interval, and past the calendar's end once added to now.
+            raise ValueError(f"{text!r} is too long an interval (at most 366d)")
         return Schedule(text=stripped, every=seconds)
     return Schedule(text=stripped, cron=parse_cron(stripped))
 

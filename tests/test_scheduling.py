@@ -77,6 +77,15 @@ def test_parse_rejects_bad_every(text: str) -> None:
         parse_schedule(text)
 
 
+def test_every_longer_than_a_year_is_refused() -> None:
+    """Prove 'every 3000000d' (it used to pass check, then crash every start) is refused."""
+    with pytest.raises(
+        ValueError, match=r"'every 3000000d' is too long an interval \(at most 366d\)"
+    ):
+        parse_schedule("every 3000000d")
+    assert parse_schedule("every 366d").every == 366 * 86400
+
+
 def _weekdays(text: str, count: int = 7) -> list[str]:
     start = dt.datetime(2026, 1, 1, tzinfo=UTC)  # a Thursday
     return [t.strftime("%a") for t in cron_fire_times(parse_schedule(text), UTC, start, count)]
