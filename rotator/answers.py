@@ -20,7 +20,7 @@ from datetime import UTC
 from typing import Any
 
 from rotator.outcomes import UNCERTAIN_CODES, Outcome, WriteAction
-from rotator.redaction import redact, redact_optional, safe_code
+from rotator.redaction import redact, redact_optional, safe_code, safe_token
 
 MAX_RETRY_AFTER = 86400.0
 MIN_POLL_DELAY = 0.2
@@ -255,14 +255,14 @@ def read_write_action(payload: object) -> WriteAction | None:
     credits = billing.get("chargedCredits", payload.get("chargedCredits"))
     retryable = payload.get("retryable")
     return WriteAction(
-        id=str(payload.get("id") or payload.get("writeActionId") or ""),
+        id=safe_token(payload.get("id") or payload.get("writeActionId")) or "",
         status=status,
         terminal=_flag(terminal)
         if terminal is not None
         else status in ("success", "failed", "expired"),
         safe_to_retry=_flag(payload.get("safeToRetry")),
         retryable=None if retryable is None else _flag(retryable),
-        status_url=_optional_str(payload.get("statusUrl")),
+        status_url=safe_token(payload.get("statusUrl")),
         requires_new_key=_flag(next_action.get("requiresNewIdempotencyKey")),
         next_action=_code(next_action.get("type")),
         error_code=_code(payload.get("error")),

@@ -81,3 +81,20 @@ def safe_code(code: object) -> str | None:
         return None
     text = str(code)
     return text if _CODE.fullmatch(text) and redact(text) == text else UNKNOWN_CODE
+
+
+_TOKEN = re.compile(r"[!-~]{1,512}")  # printable ASCII without spaces: ids and paths
+
+
+def safe_token(value: object) -> str | None:
+    """Return a server-given id or URL path if it is a plain token free of the key, else None.
+
+    Write-action ids and ``statusUrl``s are kept (in the state) and used again (to poll);
+    one that carries the key, or anything but printable ASCII, is not kept at all: a
+    masked id would be useless for polling, and the write is then treated as one whose
+    fate is unknown.
+    """
+    if value is None:
+        return None
+    text = str(value)
+    return text if _TOKEN.fullmatch(text) and redact(text) == text else None

@@ -310,7 +310,7 @@ def test_check_online_on_bad_config_exits_2(tmp_path: Path) -> None:
     ("argv", "fragment"),
     [
         pytest.param([], "COMMAND", id="no-subcommand"),
-        pytest.param(["rotate-all"], "invalid choice", id="unknown-subcommand"),
+        pytest.param(["rotate-all"], "unknown command 'rotate-all'", id="unknown-subcommand"),
         pytest.param(["check", "--frob"], "--frob", id="unknown-flag"),
         pytest.param(["plan", "--count", "0"], "--count", id="count-zero"),
         pytest.param(["plan", "--count", "many"], "--count", id="count-not-a-number"),
