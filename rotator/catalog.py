@@ -35,6 +35,7 @@ from rotator.images import (
     read_open_file,
     rejected_verdict,
 )
+from rotator.names import escape_name
 
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp")
 _DIGITS = re.compile(r"(\d+)")
@@ -49,34 +50,6 @@ _OPEN_FLAGS |= getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_PATH = getattr(os, "O_PATH", 0)
 _PROC_FD = Path("/proc/self/fd")
-
-
-def escape_name(name: str) -> str:
-    """Return a file name as printable UTF-8 text, one-to-one: ``caf\\xe9.png``.
-
-    The file system hands names over as ``surrogateescape`` text; bytes that are not
-    UTF-8 become ``\\xNN``, control and other unprintable characters ``\\xNN``/``\\uNNNN``,
-    and a backslash is doubled so no two names share an escaped form. Positions, logs,
-    the state and every report use this form; only the file system sees the raw name.
-    """
-    if name.isprintable() and "\\" not in name:
-        return name  # the common case: nothing to do
-    out = []
-    for char in name:
-        code = ord(char)
-        if char == "\\":
-            out.append("\\\\")
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char == " " or char.isprintable():
-            out.append(char)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
 
 
 def natural_key(relative_path: str) -> NaturalKey:

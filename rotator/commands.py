@@ -28,7 +28,6 @@ from rotator.catalog import (
     Catalog,
     CatalogImage,
     MemoryValidationCache,
-    escape_name,
     natural_key,
 )
 from rotator.client import XquikClient, find_x_account
@@ -53,6 +52,7 @@ from rotator.errors import (
 from rotator.images import FitSettings, describe, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit, library_warning, redact_text
+from rotator.names import escape_name
 from rotator.planner import Position, advance, next_image
 from rotator.scheduling import cron_fire_times
 from rotator.service import (
@@ -84,7 +84,7 @@ def _now() -> dt.datetime:
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Load the settings; warn on stderr of what they ignored (the daemon logs it instead)."""
     settings = load_settings(resolve_config_path(args.config, environ), environ)
-    if args.command != "run":
+    if getattr(args, "command", None) != "run":
         for warning in settings.env_warnings:
             sys.stderr.write(f"rotator: warning: {warning}\n")
     return settings

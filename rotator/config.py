@@ -60,6 +60,7 @@ from rotator.cron import Schedule, parse_schedule
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
 from rotator.keys import KEY_ENV
+from rotator.names import escape_name
 
 ENV_PREFIX = "ROTATOR_"
 CONFIG_ENV = "ROTATOR_CONFIG"
@@ -457,8 +458,8 @@ class AccountEntry(_Section):
 
     @property
     def entry_id(self) -> str:
-        """Return the stable id of this entry: ``account:absolute folder``."""
-        return f"{self.account}:{self.folder}"
+        """Return the stable id of this entry: ``account:absolute folder`` (escaped)."""
+        return f"{self.account}:{escape_name(str(self.folder))}"
 
 
 class NotifySection(_Section):

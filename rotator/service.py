@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator import __version__, manual
-from rotator.catalog import CacheEntry, Catalog, escape_name, prune_fitted
+from rotator.catalog import CacheEntry, Catalog, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
 from rotator.control import ControlServer
@@ -38,6 +38,7 @@ from rotator.logs import (
     remove_listener,
 )
 from rotator.metrics import EntryFigures, Metrics, Snapshot, entry_label
+from rotator.names import escape_name
 from rotator.notify import Notifier, start_notifier, stop_notifier
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard

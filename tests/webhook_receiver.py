@@ -34,6 +34,7 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.arrived = 0  # POSTs read, answered or still held
         self._statuses: collections.deque[int] = collections.deque()
         self._changed = threading.Condition()
         self._released = threading.Event()
@@ -47,6 +48,9 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                with receiver._changed:
+                    receiver.arrived += 1
+                    receiver._changed.notify_all()
                 receiver._released.wait(30)
                 with receiver._changed:
                     status = receiver._statuses.popleft() if receiver._statuses else 204
@@ -87,6 +91,15 @@ class WebhookReceiver:
     def release(self) -> None:
         """Answer the POSTs held so far and those to come."""
         self._released.set()
+
+    def wait_for_arrivals(self, count: int, timeout: float = 15.0) -> None:
+        """Wait until ``count`` POSTs have been read, held ones included."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.arrived < count:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"wanted {count} POSTs to arrive, got {self.arrived}"
+                self._changed.wait(remaining)
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
         """Wait until ``count`` POSTs arrived; return all of them."""

@@ -8,7 +8,7 @@ import pytest
 from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
 
-from rotator.redaction import FRAGMENT, redact, safe_code
+from rotator.redaction import FRAGMENT, add_secret, redact, safe_code, safe_token
 
 SECRET = "xq_" + "5eC4e7" * 11  # the hostile server's echo target: 69 characters
 
@@ -29,6 +29,21 @@ def _echoes(key: str) -> list[Reply]:
         ),
         Reply(status=400, json={"error": f"Bad {key} Code", "message": f"key was {key}"}),
         Reply(status=500, body=f"oops {key}".encode(), content_type="text/plain"),
+        # A write-action record whose id and statusUrl carry the key: not kept, not printed.
+        Reply(
+            status=200,
+            json={
+                "object": "x_write_action",
+                "id": key,
+                "action": "update_avatar",
+                "status": "failed",
+                "terminal": True,
+                "retryable": False,
+                "safeToRetry": False,
+                "statusUrl": f"/api/v1/x/write-actions/{key}",
+                "error": "x_write_failed",
+            },
+        ),
     ]
 
 
@@ -83,7 +98,7 @@ def test_echoed_key_is_never_stored_or_printed(tmp_path: Path) -> None:
             done = run_cli("rotate", "--config", str(config), env=env)
             outputs += [done.stdout, done.stderr]
             server.clear_scripts()
-        for command in (("status",), ("status", "--json")):
+        for command in (("status",), ("status", "--json"), ("history",), ("history", "--json")):
             done = run_cli(*command, "--config", str(config), env=env)
             assert done.returncode == 0, done.stderr
             outputs += [done.stdout, done.stderr]
@@ -114,3 +129,22 @@ def test_check_online_never_prints_an_echoed_key(tmp_path: Path) -> None:
         done = run_cli("check", "--online", "--config", str(config), env=cli_env(SECRET))
         assert done.returncode == 1
         _assert_clean(done.stdout + done.stderr, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("token", "kept"),
+    [
+        ("xwa_01HZX", True),
+        ("/api/v1/x/write-actions/xwa_01HZX", True),
+        (SECRET, False),
+        (f"/api/v1/x/write-actions/{SECRET[3:20]}", False),
+        ("has space", False),
+        ("x" * 513, False),
+    ],
+)
+def test_ids_from_the_server_are_kept_only_when_plain_and_free_of_the_key(
+    token: str, kept: bool
+) -> None:
+    """A write-action id or statusUrl carrying the key (or odd bytes) is dropped, not masked."""
+    add_secret(SECRET)
+    assert safe_token(token) == (token if kept else None)

@@ -10,8 +10,9 @@ from conftest import DaemonFactory
 from fake_xquik import FakeXquik
 from harness import cli_env, make_image, run_cli, write_config
 
-from rotator.catalog import Catalog, escape_name
+from rotator.catalog import Catalog
 from rotator.images import FitSettings
+from rotator.names import escape_name
 from rotator.service import StateValidationCache
 from rotator.state import StateStore
 
@@ -130,7 +131,7 @@ def _ignore(event: str, **fields: object) -> None:
 def test_a_non_utf8_folder_from_the_environment_is_shown_escaped(
     tmp_path: Path, fake_xquik: FakeXquik
 ) -> None:
-    """A folder named by ROTATOR_ACCOUNTS with non-UTF-8 bytes works in check and status."""
+    """A folder named by ROTATOR_ACCOUNTS with non-UTF-8 bytes works in rotate, check, status."""
     folder = _raw(tmp_path, b"\xe9t\xe9")
     make_image(folder / "a.png", seed=1)
     config = write_config(
@@ -142,11 +143,15 @@ def test_a_non_utf8_folder_from_the_environment_is_shown_escaped(
         [{"account": "alice", "folder": str(folder), "schedule": "every 1h"}], ensure_ascii=False
     )
     env = cli_env(fake_xquik.api_key, {"ROTATOR_ACCOUNTS": accounts})
-    for command in ("check", "status"):
+    rotated = run_cli("rotate", "--config", str(config), env=env)  # state keyed by the folder
+    assert rotated.returncode == 0, rotated.stderr
+    assert len(fake_xquik.writes("alice")) == 1
+    for command in ("check", "status", "history"):
         done = run_cli(command, "--config", str(config), env=env)
         assert done.returncode == 0, done.stderr
-        assert "\\xe9t\\xe9" in done.stdout
         assert "Traceback" not in done.stderr
+        if command != "history":
+            assert "\\xe9t\\xe9" in done.stdout
 
 
 def test_url_mode_quotes_the_raw_bytes_of_a_non_utf8_name(
