@@ -155,6 +155,7 @@ class Daemon:
         self._runs: dict[str, _EntryRun] = {}
         self._catalogs: dict[Path, Catalog] = {}
         self._catalog_locks: dict[Path, asyncio.Lock] = {}
+        self._catalog_roots: dict[Path, list[Path]] | None = None  # resolved folder -> keys
         self._old_clients: list[XquikClient] = []
         self._background: set[asyncio.Task[None]] = set()
         self._retired: set[_EntryRun] = set()
@@ -261,7 +262,7 @@ class Daemon:
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("pauses", self.pauses.close),
-            ("watcher", lambda: asyncio.to_thread(self.watcher.stop)),
+            ("watcher", self._stop_watcher),
             ("metrics", self._stop_metrics),
             ("clients", self._close_clients),
             ("heartbeat", lambda: asyncio.to_thread(remove_heartbeat, self.state_dir)),
@@ -272,6 +273,9 @@ class Daemon:
             except Exception as exc:  # best effort: log it and go on closing the rest
                 emit("daemon.shutdown_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
         emit("daemon.stopped", reason="signal", drained=len(writing))
+
+    async def _stop_watcher(self) -> None:
+        self.watcher.stop()  # on the loop: its reader and timers belong to it
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -426,6 +430,7 @@ class Daemon:
         for entry_id, entry in wanted.items():
             folder = entry.folder
             if folder not in self._catalogs:
+                self._catalog_roots = None
                 self._catalogs[folder] = Catalog(
                     folder, fits, StateValidationCache(self.state), emit
                 )
@@ -448,6 +453,7 @@ class Daemon:
                 changed.append(entry_id)
         in_use = {entry.folder for entry in entries}
         for folder in [folder for folder in self._catalogs if folder not in in_use]:
+            self._catalog_roots = None
             del self._catalog_locks[folder]
             self.watcher.unwatch(self._catalogs.pop(folder).folder)
         return added, removed, changed
@@ -544,12 +550,16 @@ class Daemon:
     # -- folders -----------------------------------------------------------------------
 
     def _catalogs_for(self, path: Path) -> list[Path]:
-        """Return the folders whose catalog holds ``path`` (watcher paths are resolved)."""
-        return [
-            folder
-            for folder, catalog in self._catalogs.items()
-            if path.is_relative_to(catalog.folder)
-        ]
+        """Return the folders whose catalog holds ``path`` (watcher paths are resolved).
+
+        One look-up per ancestor of ``path``: the cost follows its depth, not the folder count.
+        """
+        if self._catalog_roots is None:  # made again after the catalogs changed
+            self._catalog_roots = {}
+            for folder, catalog in self._catalogs.items():
+                self._catalog_roots.setdefault(catalog.folder, []).append(folder)
+        roots = self._catalog_roots
+        return [folder for root in (path, *path.parents) for folder in roots.get(root, ())]
 
     async def _rescan(self, folder: Path) -> None:
         catalog = self._catalogs.get(folder)
@@ -697,6 +707,7 @@ class Daemon:
         for catalog in self._catalogs.values():
             self.watcher.unwatch(catalog.folder)
         self._catalogs.clear()
+        self._catalog_roots = None
         self._catalog_locks.clear()
 
 
