@@ -10,6 +10,7 @@ already on the wire finish (at most ``DRAIN_SECONDS``), and exits 0.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import os
@@ -42,6 +43,7 @@ DRAIN_SECONDS = 10.0  # how long writes already sent may take to finish on shutd
 HEARTBEAT_SECONDS = 10.0
 HISTORY_KEPT = dt.timedelta(days=365)  # the audit trail of writes, kept a year
 HISTORY_PRUNE_EVERY = 86400.0
+WORKER_THREADS = 4  # scans, image decoding, polls: the same few threads whatever the machine
 FITTED_DIR = "fitted"
 DRY_RUN_DIR = "dry-run"
 
@@ -166,6 +168,10 @@ class Daemon:
     async def run(self) -> int:
         """Serve until asked to stop; return the exit code."""
         loop = asyncio.get_running_loop()
+        # Bounded and fixed: the default would grow with the machine's core count.
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="rotator")
+        )
         self.state = StateStore.open(self.state_dir, lock=True)
         try:
             return await self._serve(loop)
