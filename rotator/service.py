@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
+import gc
 import os
 import random
 import signal
@@ -245,6 +246,9 @@ class Daemon:
             # Jobs added before the start are taken in one go, not with a wake-up each.
             self._schedule_all(_now(), first_start=True)
             self.scheduler.start()
+            # What start-up built (entries, catalogs, jobs) stays for the daemon's life:
+            # keep it out of every later garbage collection, whose cost it would set.
+            gc.freeze()
             self.notifier.ready(self._status_line())
             self._spawn(self._beat_forever())
             self._spawn(self._rescan_forever())
@@ -858,6 +862,7 @@ async def rotate_now(
             )
         if not jobs:
             raise ConfigError(f"--image: {image} is not inside the folder of any chosen entry")
+        gc.freeze()  # the entries and catalogs loaded above live until the end
         try:
             return list(await asyncio.gather(*jobs))
         finally:
