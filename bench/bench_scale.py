@@ -29,6 +29,7 @@ Rows (each the median of ``--runs`` with min and max):
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
 import json
 import os
@@ -376,6 +377,7 @@ def bench_pacing(args: argparse.Namespace, work: Path) -> Row:
             sections={"rate_limit": {"writes": 30, "window": f"{window}s", "concurrency": 4}},
         )
         shutil.rmtree(root / "state", ignore_errors=True)
+        stagger_due_times(config, root / "state", span=3600 * window / 60)
         process = subprocess.Popen(
             [sys.executable, "-m", "rotator", "run", "--config", str(config)],
             env=cli_env(server.api_key),
@@ -395,6 +397,33 @@ def bench_pacing(args: argparse.Namespace, work: Path) -> Row:
             process.wait(60)
         writes = server.writes()
     return report_pacing(accounts, writes, samples, window)
+
+
+def stagger_due_times(config: Path, state_dir: Path, span: float) -> None:
+    """Make entry i due ``i * span / N`` seconds from now (its last success a day before).
+
+    All N come due within ``span`` (one hour, scaled with the window), in config order.
+    """
+    from rotator.config import load_settings  # noqa: PLC0415 - only this bench needs it
+    from rotator.state import StateStore  # noqa: PLC0415
+
+    settings = load_settings(config, {})
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)  # the daemon's start-up
+    step = span / len(settings.accounts)
+    with StateStore.open(state_dir) as state:
+        for number, entry in enumerate(settings.accounts):
+            state.record_success(
+                entry_id=entry.entry_id,
+                account=entry.account,
+                image="0.png",
+                sha256="0" * 64,
+                source_sha256="0" * 64,
+                shown_in_cycle=frozenset(),
+                request_id=None,
+                status=200,
+                duration_ms=0,
+                now=start + dt.timedelta(seconds=number * step) - dt.timedelta(hours=24),
+            )
 
 
 def report_pacing(
