@@ -530,7 +530,7 @@ class Daemon:
             self._catalog_locks[folder] = asyncio.Lock()
             # Watch first, then scan: a file that lands in between is seen by one of them.
             try:
-                self.watcher.watch(self._catalogs[folder].folder)
+                self.watcher.watch(self._catalogs[folder].folder, resolved=True)
             except (RotatorError, OSError) as exc:
                 # A folder that does not exist yet is watched (and scanned) once it does.
                 emit("watch.failed", folder=str(folder), reason=str(exc))

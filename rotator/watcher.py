@@ -212,9 +212,12 @@ class FolderWatcher:
         counts["inotify_watches"] = len(self._wd_of_dir)
         return counts
 
-    def watch(self, folder: Path) -> None:
-        """Start watching ``folder`` and everything under it; a folder already watched is kept."""
-        key = Path(os.path.realpath(folder))
+    def watch(self, folder: Path, *, resolved: bool = False) -> None:
+        """Start watching ``folder`` and everything under it; a folder already watched is kept.
+
+        ``resolved`` says ``folder`` is already a real path (saves resolving it again).
+        """
+        key = folder if resolved else Path(os.path.realpath(folder))
         if key in self._folders:
             return
         # Kept even when missing: check_alive attaches it once the folder appears.
