@@ -7,10 +7,12 @@ it; gauges come from a snapshot the daemon refreshes with its heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import platform
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,6 +34,7 @@ from prometheus_client.registry import Collector
 from rotator import __version__
 from rotator.errors import ConfigError
 
+_NO_POLLING = 24 * 3600.0  # seconds serve_forever waits for a request before looking again
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
@@ -197,7 +200,10 @@ class Metrics:
         except OSError as exc:
             raise ConfigError(f"metrics.listen: cannot listen on {host}:{port}: {exc}") from exc
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # No polling timeout: an idle daemon must not wake up twice a second for nothing.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": _NO_POLLING}, daemon=True
+        )
         self._thread.start()
         bound_host, bound_port = server.server_address[:2]
         return str(bound_host), int(bound_port)
@@ -205,8 +211,16 @@ class Metrics:
     def close(self) -> None:
         """Stop serving."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            server = self._server
+            stopper = threading.Thread(target=server.shutdown)
+            stopper.start()
+            # serve_forever only looks at the stop flag between requests: knock until it does.
+            address = server.server_address[:2]
+            while stopper.is_alive():
+                with contextlib.suppress(OSError):
+                    socket.create_connection((str(address[0]), int(address[1])), 1).close()
+                stopper.join(0.05)
+            server.server_close()
             self._server = None
         if self._thread is not None:
             self._thread.join(5)

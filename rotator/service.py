@@ -10,8 +10,10 @@ already on the wire finish (at most ``DRAIN_SECONDS``), and exits 0.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
+import gc
 import os
 import random
 import signal
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator import __version__, manual
-from rotator.catalog import CacheEntry, Catalog, prune_fitted
+from rotator.catalog import CacheEntry, Catalog, ScanResult, prune_fitted
 from rotator.client import XquikClient, find_x_account
 from rotator.config import AccountEntry, Settings, load_settings
 from rotator.control import ControlServer
@@ -45,7 +47,13 @@ from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
 from rotator.rotation import RotationResult, Rotator
 from rotator.scheduling import RotationScheduler, cron_missed_since
-from rotator.state import StateStore, remove_heartbeat, write_heartbeat
+from rotator.state import (
+    EncodedJson,
+    EntryState,
+    StateStore,
+    remove_heartbeat,
+    write_heartbeat,
+)
 from rotator.systemd import SystemdNotifier
 from rotator.watcher import FolderWatcher
 
@@ -53,6 +61,8 @@ DRAIN_SECONDS = 10.0  # how long writes already sent may take to finish on shutd
 HEARTBEAT_SECONDS = 10.0
 HISTORY_KEPT = dt.timedelta(days=365)  # the audit trail of writes, kept a year
 HISTORY_PRUNE_EVERY = 86400.0
+SCAN_BATCH = 100  # folders scanned per worker-thread call (one call per folder costs more)
+WORKER_THREADS = 4  # scans, image decoding, polls: the same few threads whatever the machine
 FITTED_DIR = "fitted"
 DRY_RUN_DIR = "dry-run"
 
@@ -102,9 +112,13 @@ class StateValidationCache:
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
+        self.catalog: Catalog | None = None  # its images answer first: no query for them
 
     def get(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
         """Return the cached verdict of a file, if it has not changed since."""
+        known = self._known(path, size, mtime_ns)
+        if known is not None:
+            return known
         row = self._state.cache_get(path, size, mtime_ns)
         if row is None:
             return None
@@ -112,6 +126,21 @@ class StateValidationCache:
             return ImageVerdict(**row)  # type: ignore[arg-type]
         except TypeError:  # written by another version: look at the file again
             return None
+
+    def _known(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
+        """Return the verdict the catalog holds for this very version of the file, if any.
+
+        A periodic rescan then costs a stat per file, not a database query per file.
+        """
+        if self.catalog is None:
+            return None
+        root = f"{self.catalog.folder}{os.sep}"
+        if not path.startswith(root):
+            return None
+        image = self.catalog.get(path[len(root) :].replace(os.sep, "/"))
+        if image is None or (image.size_bytes, image.mtime_ns) != (size, mtime_ns):
+            return None
+        return image.verdict
 
     def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
         """Remember a file's verdict."""
@@ -127,6 +156,16 @@ class StateValidationCache:
     def forget(self, path: str) -> None:
         """Drop a file's verdict."""
         self._state.cache_forget(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DueTimes:
+    """Every entry's next due time, as computed after the last change."""
+
+    times: dict[str, dt.datetime]
+    encoded: EncodedJson  # the same, as the heartbeat writes it
+    soonest: tuple[dt.datetime, str] | None  # (when, account)
+    accounts: int
 
 
 @dataclasses.dataclass(eq=False)
@@ -171,18 +210,27 @@ class Daemon:
         self._runs: dict[str, _EntryRun] = {}
         self._catalogs: dict[Path, Catalog] = {}
         self._catalog_locks: dict[Path, asyncio.Lock] = {}
+        self._catalog_roots: dict[Path, list[Path]] | None = None  # resolved folder -> keys
         self._old_clients: list[XquikClient] = []
         self._background: set[asyncio.Task[None]] = set()
         self._retired: set[_EntryRun] = set()
         self.metrics: Metrics | None = None
         self.notifications: Notifier | None = None
         self._control: ControlServer | None = None
+        self._due_cache: _DueTimes | None = None
+        self._stale_figures: set[str] | None = None  # None: all of them
+        self._entry_figures: dict[str, EntryFigures] = {}
+        self._quiet_adds: int | None = None  # counting start-up's image.added, not logging them
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def run(self) -> int:
         """Serve until asked to stop; return the exit code."""
         loop = asyncio.get_running_loop()
+        # Bounded and fixed: the default would grow with the machine's core count.
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="rotator")
+        )
         self.state = StateStore.open(self.state_dir, lock=True)
         self.notifications = start_notifier(self.settings.notify, self.environ)
         try:
@@ -237,9 +285,23 @@ class Daemon:
             self.pauses.restore()
             await self._start_control()
             self.watcher.start()
+            # Start-up logs one line for the images found, not one per image (10,000 lines
+            # of image.added took a third of a warm start at 1,000 entries x 10 images).
+            self._quiet_adds = 0
             await self._set_entries(settings.accounts)
-            self.scheduler.start()
+            emit(
+                "catalog.scanned",
+                folders=len(self._catalogs),
+                usable=self._quiet_adds,
+                rejected=sum(len(catalog.rejected()) for catalog in self._catalogs.values()),
+            )
+            self._quiet_adds = None
+            # Jobs added before the start are taken in one go, not with a wake-up each.
             self._schedule_all(_now(), first_start=True)
+            self.scheduler.start()
+            # What start-up built (entries, catalogs, jobs) stays for the daemon's life:
+            # keep it out of every later garbage collection, whose cost it would set.
+            gc.freeze()
             self.notifier.ready(self._status_line())
             self._spawn(self._beat_forever())
             self._spawn(self._rescan_forever())
@@ -285,7 +347,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("control", self._stop_control),
             ("pauses", self.pauses.close),
-            ("watcher", lambda: asyncio.to_thread(self.watcher.stop)),
+            ("watcher", self._stop_watcher),
             ("metrics", self._stop_metrics),
             ("clients", self._close_clients),
             ("heartbeat", lambda: asyncio.to_thread(remove_heartbeat, self.state_dir)),
@@ -314,6 +376,9 @@ class Daemon:
     async def _stop_control(self) -> None:
         if self._control is not None:
             await self._control.close()
+
+    async def _stop_watcher(self) -> None:
+        self.watcher.stop()  # on the loop: its reader and timers belong to it
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -370,27 +435,23 @@ class Daemon:
                 # A restarted observer may have missed events: rescan at once.
                 if not watching or now - last_rescan >= self.settings.watch.rescan:
                     last_rescan = now
-                    for folder in list(self._catalogs):
-                        await self._rescan(folder)
+                    await self._rescan_all(list(self._catalogs))
             except Exception as exc:  # the next round tries again
                 emit("catalog.rescan_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _beat(self) -> None:
+        due = self._due()
         summary = {
             "pid": os.getpid(),
             "dry_run": self.dry_run,
             "pauses": [pause.describe() for pause in self.pauses.all()],
             "pause_kinds": sorted({pause.kind for pause in self.pauses.all()}),
-            "next_due": {
-                entry_id: when.isoformat()
-                for entry_id in self._runs
-                if (when := self.scheduler.next_due(entry_id)) is not None
-            },
+            "next_due": due.encoded,
             "status": self._status_line(),
             "reload": self._reload_outcome,
         }
         write_heartbeat(self.state_dir, _now(), summary)
-        self.notifier.status(self._status_line())
+        self.notifier.status(str(summary["status"]))
         if self.metrics is not None:
             self.metrics.update(self._figures())
 
@@ -403,42 +464,79 @@ class Daemon:
         add_listener(self.metrics.observe)
         emit("metrics.listening", address=f"{host}:{port}", paths=["/metrics", "/healthz"])
 
+    def _changed(self, entry_id: str | None = None) -> None:
+        """Note that schedules or figures changed (of one entry, or of all when None).
+
+        Heartbeats and metrics read what was computed last until something changes,
+        so an idle daemon does no work per entry.
+        """
+        self._due_cache = None
+        if entry_id is None:
+            self._stale_figures = None
+        elif self._stale_figures is not None:
+            self._stale_figures.add(entry_id)
+
+    def _due(self) -> _DueTimes:
+        """Return every entry's next due time, computed again only after a change."""
+        if self._due_cache is None:
+            times = {
+                entry_id: when
+                for entry_id in self._runs
+                if (when := self.scheduler.next_due(entry_id)) is not None
+            }
+            soonest = min(times.items(), key=lambda item: item[1], default=None)
+            self._due_cache = _DueTimes(
+                times=times,
+                encoded=EncodedJson.of({k: v.isoformat() for k, v in times.items()}),
+                soonest=(soonest[1], self._runs[soonest[0]].entry.account) if soonest else None,
+                accounts=len({run.entry.account for run in self._runs.values()}),
+            )
+        return self._due_cache
+
     def _figures(self) -> Snapshot:
-        entries = []
-        for entry_id, run in self._runs.items():
-            saved = self.state.entry(entry_id)
-            due = self.scheduler.next_due(entry_id)
-            entries.append(
-                EntryFigures(
+        """Return the metrics snapshot; only entries changed since the last one are read."""
+        stale = self._stale_figures
+        if stale is None:
+            self._entry_figures = {}
+            stale = set(self._runs)
+        if stale:
+            due = self._due().times
+            saved: dict[str, EntryState] = {}
+            if len(stale) > 1:
+                saved = {row.entry_id: row for row in self.state.entries()}
+            for entry_id in stale:
+                run = self._runs.get(entry_id)
+                if run is None:
+                    self._entry_figures.pop(entry_id, None)
+                    continue
+                state = saved.get(entry_id) if saved else self.state.entry(entry_id)
+                when = due.get(entry_id)
+                last = state.last_success if state else None
+                self._entry_figures[entry_id] = EntryFigures(
                     account=run.entry.account,
                     entry=entry_label(
                         run.entry.account, run.entry.folder, self.settings.config_path.parent
                     ),
-                    next_rotation=due.timestamp() if due else None,
-                    last_success=saved.last_success.timestamp() if saved.last_success else None,
+                    next_rotation=when.timestamp() if when else None,
+                    last_success=last.timestamp() if last else None,
                     usable_images=len(run.catalog.usable()),
                     rejected_images=len(run.catalog.rejected()),
                 )
-            )
+        self._stale_figures = set()
         scopes: dict[str, int] = {}
         for pause in self.pauses.all():
             scopes[pause.scope] = scopes.get(pause.scope, 0) + 1
         return Snapshot(
-            entries=tuple(entries),
+            entries=tuple(self._entry_figures.values()),
             pauses_by_scope=scopes,
             taken_at=time.monotonic(),
         )
 
     def _status_line(self) -> str:
-        accounts = {run.entry.account for run in self._runs.values()}
-        due = [
-            (when, run.entry.account)
-            for entry_id, run in self._runs.items()
-            if (when := self.scheduler.next_due(entry_id)) is not None
-        ]
-        parts = [f"{len(accounts)} accounts, {len(self._runs)} entries"]
-        if due:
-            when, account = min(due)
+        due = self._due()
+        parts = [f"{due.accounts} accounts, {len(self._runs)} entries"]
+        if due.soonest is not None:
+            when, account = due.soonest
             parts.append(
                 f"next rotation {when.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC ({account})"
             )
@@ -472,20 +570,22 @@ class Daemon:
         added: list[str] = []
         changed: list[str] = []
         fits = fit_settings(self.settings)
+        in_config = dict.fromkeys(entry.folder for entry in entries)  # once each, in order
+        new_folders = [folder for folder in in_config if folder not in self._catalogs]
+        for folder in new_folders:
+            self._catalog_roots = None
+            cache = StateValidationCache(self.state)
+            self._catalogs[folder] = cache.catalog = Catalog(folder, fits, cache, self._catalog_log)
+            self._catalog_locks[folder] = asyncio.Lock()
+            # Watch first, then scan: a file that lands in between is seen by one of them.
+            try:
+                self.watcher.watch(self._catalogs[folder].folder, resolved=True)
+            except (RotatorError, OSError) as exc:
+                # A folder that does not exist yet is watched (and scanned) once it does.
+                emit("watch.failed", folder=str(folder), reason=str(exc))
+        await self._rescan_all(new_folders)
         for entry_id, entry in wanted.items():
             folder = entry.folder
-            if folder not in self._catalogs:
-                self._catalogs[folder] = Catalog(
-                    folder, fits, StateValidationCache(self.state), emit
-                )
-                self._catalog_locks[folder] = asyncio.Lock()
-                # Watch first, then scan: a file that lands in between is seen by one of them.
-                try:
-                    self.watcher.watch(self._catalogs[folder].folder)
-                except (RotatorError, OSError) as exc:
-                    # A folder that does not exist yet is watched (and scanned) once it does.
-                    emit("watch.failed", folder=str(folder), reason=str(exc))
-                await self._rescan(folder)
             existing = self._runs.get(entry_id)
             if existing is None:
                 self._runs[entry_id] = _EntryRun(entry=entry, catalog=self._catalogs[folder])
@@ -495,8 +595,10 @@ class Daemon:
             if existing.entry != entry:
                 existing.entry = entry
                 changed.append(entry_id)
+        self._changed()
         in_use = {entry.folder for entry in entries}
         for folder in [folder for folder in self._catalogs if folder not in in_use]:
+            self._catalog_roots = None
             del self._catalog_locks[folder]
             self.watcher.unwatch(self._catalogs.pop(folder).folder)
         return added, removed, changed
@@ -504,15 +606,19 @@ class Daemon:
     def _schedule_all(
         self, now: dt.datetime, *, first_start: bool, only: set[str] | None = None
     ) -> None:
+        known = {saved.entry_id: saved for saved in self.state.entries()}  # one read for all
         for entry_id, run in self._runs.items():
             if only is not None and entry_id not in only:
                 continue
-            self._schedule(run, now, first_start=first_start)
+            saved = known.get(entry_id) or EntryState(entry_id=entry_id)
+            self._schedule(run, saved, now, first_start=first_start)
 
-    def _schedule(self, run: _EntryRun, now: dt.datetime, *, first_start: bool) -> None:
+    def _schedule(
+        self, run: _EntryRun, saved: EntryState, now: dt.datetime, *, first_start: bool
+    ) -> None:
         """(Re)schedule one entry from its config and its history."""
         entry = run.entry
-        saved = self.state.entry(entry.entry_id)
+        self._changed(entry.entry_id)
         schedule = entry.schedule
         if schedule.every is None:
             self.scheduler.schedule_cron(entry.entry_id, schedule, entry.timezone)
@@ -539,6 +645,7 @@ class Daemon:
         run = self._runs.get(entry_id)
         if run is None or self._stop.is_set():
             return
+        self._changed(entry_id)  # its job moved on to the next due time, or ended
         run.fired_at = _now()  # recorded when the rotation ends, so a crash catches it up
         if run.busy:
             emit("rotation.merged", account=run.entry.account, entry=entry_id)
@@ -619,6 +726,7 @@ class Daemon:
                 # "every D" counts from this rotation's end: the success just recorded.
                 when = _now() + dt.timedelta(seconds=every) + self._jitter(run.entry)
                 self.scheduler.schedule_at(entry.entry_id, when)
+            self._changed(entry.entry_id)
             if self.metrics is not None:
                 self.metrics.update(self._figures())
         return result
@@ -626,21 +734,45 @@ class Daemon:
     # -- folders -----------------------------------------------------------------------
 
     def _catalogs_for(self, path: Path) -> list[Path]:
-        """Return the folders whose catalog holds ``path`` (watcher paths are resolved)."""
-        return [
-            folder
-            for folder, catalog in self._catalogs.items()
-            if path.is_relative_to(catalog.folder)
-        ]
+        """Return the folders whose catalog holds ``path`` (watcher paths are resolved).
 
-    async def _rescan(self, folder: Path) -> None:
-        catalog = self._catalogs.get(folder)
-        if catalog is None:
-            return
-        async with self._catalog_locks[folder]:
-            result = await asyncio.to_thread(catalog.scan)
-            catalog.apply_scan(result)
-        await self._prune_fitted()
+        One look-up per ancestor of ``path``: the cost follows its depth, not the folder count.
+        """
+        if self._catalog_roots is None:  # made again after the catalogs changed
+            self._catalog_roots = {}
+            for folder, catalog in self._catalogs.items():
+                self._catalog_roots.setdefault(catalog.folder, []).append(folder)
+        roots = self._catalog_roots
+        return [folder for root in (path, *path.parents) for folder in roots.get(root, ())]
+
+    async def _rescan(self, folder: Path, *, prune: bool = True) -> None:
+        await self._rescan_all([folder], prune=prune)
+
+    async def _rescan_all(self, folders: Sequence[Path], *, prune: bool = True) -> None:
+        """Scan folders, many to a worker-thread call, and prune fitted copies once at the end.
+
+        Each catalog's lock is held from its scan to applying it, so a file event handled
+        meanwhile cannot be undone by an older scan.
+        """
+        pending = [folder for folder in folders if folder in self._catalogs]
+        for start in range(0, len(pending), SCAN_BATCH):
+            batch = [
+                (folder, self._catalogs[folder]) for folder in pending[start : start + SCAN_BATCH]
+            ]
+            locks = [self._catalog_locks[folder] for folder, _ in batch]
+            for lock in locks:
+                await lock.acquire()
+            try:
+                results = await asyncio.to_thread(_scan_all, [catalog for _, catalog in batch])
+                for (folder, catalog), result in zip(batch, results, strict=True):
+                    if self._catalogs.get(folder) is catalog:  # not dropped meanwhile
+                        catalog.apply_scan(result)
+                        self._folder_changed(folder, len(pending))
+            finally:
+                for lock in locks:
+                    lock.release()
+        if prune and pending:
+            await self._prune_fitted()
 
     async def _prune_fitted(self) -> None:
         """Delete fitted copies whose source is gone from every catalog."""
@@ -648,6 +780,22 @@ class Daemon:
         for catalog in self._catalogs.values():
             keep |= catalog.fitted_names()
         await asyncio.to_thread(prune_fitted, self.state_dir / FITTED_DIR, keep)
+
+    def _catalog_log(self, event: str, **fields: object) -> None:
+        """Log for the catalogs; the first scan's additions become one summary line."""
+        if event == "image.added" and self._quiet_adds is not None:
+            self._quiet_adds += 1
+            return
+        emit(event, **fields)
+
+    def _folder_changed(self, folder: Path, among: int = 1) -> None:
+        """Note that a folder's images changed (for the metrics); all at once in a full rescan."""
+        if among > 1:
+            self._changed()
+            return
+        for entry_id, run in self._runs.items():
+            if run.entry.folder == folder:
+                self._changed(entry_id)
 
     def _on_file_ready(self, path: Path) -> None:
         for folder in self._catalogs_for(path):
@@ -663,6 +811,7 @@ class Daemon:
                 catalog.remove_path(path)
             else:
                 catalog.apply_file(result)
+        self._folder_changed(folder)
 
     def _on_path_gone(self, path: Path) -> None:
         folders = self._catalogs_for(path)
@@ -676,6 +825,7 @@ class Daemon:
             return
         async with self._catalog_locks[folder]:
             catalog.remove_path(path)
+        self._folder_changed(folder)
         await self._prune_fitted()
 
     def _on_dir_appeared(self, path: Path) -> None:
@@ -799,7 +949,13 @@ class Daemon:
         for catalog in self._catalogs.values():
             self.watcher.unwatch(catalog.folder)
         self._catalogs.clear()
+        self._catalog_roots = None
         self._catalog_locks.clear()
+
+
+def _scan_all(catalogs: Sequence[Catalog]) -> list[ScanResult]:
+    """Scan catalogs one after the other (in a worker thread)."""
+    return [catalog.scan() for catalog in catalogs]
 
 
 def _restart_only_changes(old: Settings, new: Settings) -> list[str]:
@@ -850,6 +1006,7 @@ async def rotate_now(
             )
         if not jobs:
             raise ConfigError(f"--image: {image} is not inside the folder of any chosen entry")
+        gc.freeze()  # the entries and catalogs loaded above live until the end
         try:
             return list(await asyncio.gather(*jobs))
         finally:

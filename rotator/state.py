@@ -1088,12 +1088,25 @@ def copy_state(source_dir: Path, dest_dir: Path) -> bool:
     return True
 
 
+class EncodedJson(str):
+    """A summary value encoded once, written as is by every heartbeat until it changes."""
+
+    @classmethod
+    def of(cls, value: object) -> EncodedJson:
+        """Encode ``value`` as JSON."""
+        return cls(json.dumps(value, sort_keys=True))
+
+
 def write_heartbeat(state_dir: Path, now: dt.datetime, summary: Mapping[str, object]) -> None:
     """Replace ``heartbeat.json`` in ``state_dir`` atomically with ``now`` and ``summary``."""
+    encoded = {key: value for key, value in summary.items() if isinstance(value, EncodedJson)}
+    plain = {key: f"\0{key}" if key in encoded else value for key, value in summary.items()}
     body = json.dumps(
-        {"version": HEARTBEAT_VERSION, "time": _time_text(now), "summary": dict(summary)},
+        {"version": HEARTBEAT_VERSION, "time": _time_text(now), "summary": plain},
         sort_keys=True,
     )
+    for key, text in encoded.items():  # spliced in, not encoded again at every beat
+        body = body.replace(json.dumps(f"\0{key}"), text, 1)
     tmp_name: str | None = None
     try:
         with tempfile.NamedTemporaryFile(

@@ -1,82 +1,147 @@
 """Filesystem events of image folders, delivered on the event loop once files settle.
 
-This is the only module that imports watchdog. Observer threads do nothing but hand
-each raw event to the loop (``loop.call_soon_threadsafe``): an exception inside a
-watchdog handler silently kills its thread. Everything else happens on the loop: a
-created or modified file is reported by ``on_file_ready`` only after its size and
-mtime stayed the same for ``settle`` seconds; deletions and moves out are reported by
-``on_path_gone`` at once; new folders by ``on_dir_appeared`` (the service rescans them,
-because files moved in with a folder produce no events of their own).
+This is the only module that imports watchdog. Its cost must not grow with the number
+of folders, so no folder gets a thread of its own (watchdog's observers run one emitter
+thread per scheduled watch):
 
-Call every method from the loop's thread. ``stop()`` joins the observer threads.
+- **native**: one inotify instance (watchdog's ``inotify_c`` bindings) holds a watch for
+  every directory of every folder. Its descriptor is read by the event loop itself
+  (``loop.add_reader``): no thread, and no wake-up while nothing happens. Events are
+  routed to folders by path.
+- **polling**: one timer for all polled folders; each round takes watchdog
+  ``DirectorySnapshot``s of them in one worker-thread call and diffs them.
+
+A folder falls back to polling (``watch.mode = "auto"``) when the kernel's inotify limits
+are hit (``fs.inotify.max_user_instances`` for the instance, ``max_user_watches`` for the
+watches): that is logged once per limit with the sysctl to raise, and only the folders
+that could not be watched are polled.
+
+Everything runs on the loop: a created or modified file is reported by ``on_file_ready``
+only after its size and mtime stayed the same for ``settle`` seconds; deletions and moves
+out are reported by ``on_path_gone`` at once; new folders by ``on_dir_appeared`` (the
+service rescans them, because files moved in with a folder produce no events of their
+own, and files written before the new folder's watch existed are not seen either).
+
+Call every method from the loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import os
 import stat
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
+from watchdog.observers.inotify_c import (
+    InotifyConstants,
+    WatchDescriptor,
+    inotify_add_watch,
+    inotify_init,
+    inotify_rm_watch,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
+from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
 from rotator.errors import RotatorError
 
 WatchMode = Literal["auto", "native", "polling"]
-ObserverKind = Literal["native", "polling"]
+FolderKind = Literal["native", "polling"]
 
-# Opened / closed-without-write events are left out: our own reads would echo back.
-_EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
+_C = InotifyConstants
+# Opened / closed-without-write / accessed are left out: our own reads would echo back.
+_NATIVE_MASK = (
+    _C.IN_CREATE
+    | _C.IN_MODIFY
+    | _C.IN_ATTRIB
+    | _C.IN_CLOSE_WRITE
+    | _C.IN_MOVED_FROM
+    | _C.IN_MOVED_TO
+    | _C.IN_DELETE
+    | _C.IN_DELETE_SELF
+    | _C.IN_MOVE_SELF
+    | _C.IN_DONT_FOLLOW
+    | _C.IN_ONLYDIR
+)
+_EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
+_READ_SIZE = 64 * 1024
 _MAX_CHECK_INTERVAL = 0.5
 _MIN_CHECK_INTERVAL = 0.01
 _FOLDER_MISSING = (errno.ENOENT, errno.ENOTDIR)
+_LIMITS = {
+    errno.EMFILE: (
+        "inotify instance limit reached (fs.inotify.max_user_instances) or too many open "
+        "files; raise it with: sysctl fs.inotify.max_user_instances=1024"
+    ),
+    errno.ENOSPC: (
+        "inotify watch limit reached (fs.inotify.max_user_watches); raise it with: "
+        "sysctl fs.inotify.max_user_watches=524288"
+    ),
+}
 
 Signature = tuple[int, int, int]  # size, mtime_ns, ctime_ns
+RawEvent = tuple[int, int, bytes]  # wd, mask, name
 
 
-class _Forwarder(FileSystemEventHandler):
-    """Hand every raw event to the loop and do nothing else (runs on watchdog's thread)."""
+class Inotify:
+    """One inotify instance, read without blocking (watchdog's ctypes bindings)."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sink: Callable[[FileSystemEvent], None]
-    ) -> None:
-        self._loop = loop
-        self._sink = sink
+    def __init__(self) -> None:
+        fd = inotify_init()
+        if fd == -1:
+            raise _os_error()
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        self._fd = fd
 
-    def dispatch(self, event: FileSystemEvent) -> None:
-        # A closed loop means we are shutting down: the event no longer matters.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._sink, event)
+    def fileno(self) -> int:
+        """Return the descriptor to wait on."""
+        return self._fd
+
+    def add(self, path: Path) -> int:
+        """Watch one directory (not following symlinks); return its watch descriptor."""
+        wd = inotify_add_watch(self._fd, os.fsencode(path), _NATIVE_MASK)
+        if wd == -1:
+            raise _os_error(path)
+        return int(wd)
+
+    def remove(self, wd: int) -> None:
+        """Stop watching one descriptor (gone already is fine)."""
+        inotify_rm_watch(self._fd, WatchDescriptor(wd))
+
+    def read(self) -> list[RawEvent]:
+        """Return the events queued so far (none when nothing is waiting)."""
+        events: list[RawEvent] = []
+        while True:
+            try:
+                buffer = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                return events
+            except InterruptedError:
+                continue
+            if not buffer:
+                return events
+            offset = 0
+            while offset + _EVENT_HEADER.size <= len(buffer):
+                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, offset)
+                start = offset + _EVENT_HEADER.size
+                events.append((wd, mask, buffer[start : start + length].rstrip(b"\0")))
+                offset = start + length
+
+    def close(self) -> None:
+        """Close the instance; the kernel drops its watches."""
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _os_error(path: Path | None = None) -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code), None if path is None else str(path))
 
 
 @dataclasses.dataclass
@@ -102,7 +167,7 @@ class FolderWatcher:
         on_file_ready: Callable[[Path], None],
         on_path_gone: Callable[[Path], None],
         on_dir_appeared: Callable[[Path], None],
-        native_observer_factory: Callable[[], BaseObserver] = Observer,
+        inotify_factory: Callable[[], Inotify] = Inotify,
     ) -> None:
         if mode not in ("auto", "native", "polling"):
             raise ValueError(f"watch mode must be auto, native or polling, not {mode!r}")
@@ -115,10 +180,17 @@ class FolderWatcher:
         self._on_file_ready = on_file_ready
         self._on_path_gone = on_path_gone
         self._on_dir_appeared = on_dir_appeared
-        self._native_observer_factory = native_observer_factory
-        self._handler = _Forwarder(loop, self._on_event)
-        self._observers: dict[ObserverKind, BaseObserver] = {}
-        self._folders: dict[Path, tuple[ObserverKind, ObservedWatch] | None] = {}
+        self._inotify_factory = inotify_factory
+        # Every folder asked for, and how it is watched now (None: not yet / not any more).
+        self._folders: dict[Path, FolderKind | None] = {}
+        self._inotify: Inotify | None = None
+        self._dir_of_wd: dict[int, Path] = {}
+        self._wd_of_dir: dict[Path, int] = {}
+        self._snapshots: dict[Path, DirectorySnapshot] = {}  # the polled folders
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._limits_logged: set[int] = set()
+        self._lost = False  # events may have been missed since the last check_alive
         self._settling: dict[Path, _Settling] = {}
         self._reported: dict[Path, Signature] = {}
         self._running = False
@@ -126,14 +198,26 @@ class FolderWatcher:
     @property
     def mode_in_use(self) -> str:
         """Return "native", "polling", or "native+polling" when some folders fell back."""
-        kinds = sorted({entry[0] for entry in self._folders.values() if entry is not None})
+        kinds = sorted({kind for kind in self._folders.values() if kind is not None})
         if not kinds:
             return "polling" if self._mode == "polling" else "native"
         return "+".join(kinds)
 
-    def watch(self, folder: Path) -> None:
-        """Start watching ``folder`` and everything under it; a folder already watched is kept."""
-        key = Path(os.path.realpath(folder))
+    @property
+    def counts(self) -> dict[str, int]:
+        """Return how many folders are watched natively, polled, or waiting to exist."""
+        counts = {"native": 0, "polling": 0, "waiting": 0}
+        for kind in self._folders.values():
+            counts[kind or "waiting"] += 1
+        counts["inotify_watches"] = len(self._wd_of_dir)
+        return counts
+
+    def watch(self, folder: Path, *, resolved: bool = False) -> None:
+        """Start watching ``folder`` and everything under it; a folder already watched is kept.
+
+        ``resolved`` says ``folder`` is already a real path (saves resolving it again).
+        """
+        key = folder if resolved else Path(os.path.realpath(folder))
         if key in self._folders:
             return
         # Kept even when missing: check_alive attaches it once the folder appears.
@@ -141,149 +225,297 @@ class FolderWatcher:
         if not key.is_dir():
             raise RotatorError(f"cannot watch {key} yet: it is not a folder (watched once it is)")
         if self._running:
-            self._folders[key] = self._schedule(key)
+            self._attach(key)
 
     def unwatch(self, folder: Path) -> None:
         """Stop watching ``folder``; forget its pending files."""
         key = Path(os.path.realpath(folder))
-        entry = self._folders.pop(key, None)
-        if entry is not None:
-            kind, watch = entry
-            observer = self._observers.get(kind)
-            if observer is not None:
-                # It may already be gone with its folder.
-                with contextlib.suppress(KeyError, OSError):
-                    observer.unschedule(watch)
+        if key not in self._folders:
+            return
+        self._detach(key)
+        del self._folders[key]
         self._forget_under(key)
 
     def start(self) -> None:
-        """Start the observers and watch every folder given so far."""
+        """Watch every folder given so far."""
         if self._running:
             return
         self._running = True
-        for folder in self._folders:
+        for folder in list(self._folders):
             if folder.is_dir():  # a missing one is attached by check_alive when it appears
-                self._folders[folder] = self._schedule(folder)
+                self._attach(folder)
 
     def stop(self) -> None:
-        """Stop the observers, join their threads and drop pending files."""
+        """Stop watching and polling, and drop pending files."""
         self._running = False
-        for observer in self._observers.values():
-            observer.stop()
-        for observer in self._observers.values():
-            if observer.is_alive():
-                observer.join()
-        self._observers.clear()
         for folder in self._folders:
             self._folders[folder] = None
+        self._close_inotify()
+        self._snapshots.clear()
+        self._stop_polling()
         for settling in self._settling.values():
             if settling.timer is not None:
                 settling.timer.cancel()
         self._settling.clear()
 
     def check_alive(self) -> bool:
-        """Restart dead observer threads and re-attach folders; False if anything was restarted.
+        """Attach folders that (re)appeared; False if events may have been missed meanwhile.
 
-        Events may have been lost meanwhile, so after False the service should rescan.
-        A watched folder that was deleted is watched again once it exists again.
+        After False the service should rescan. A watched folder that was deleted is
+        watched again once it exists again.
         """
         if not self._running:
             return True
-        healthy = True
-        for kind, observer in list(self._observers.items()):
-            if observer.is_alive():
-                continue
-            healthy = False
-            self._log("watch.restarted", mode=kind, reason="observer thread died")
-            del self._observers[kind]
-            with contextlib.suppress(Exception):
-                observer.stop()
-            for folder, entry in self._folders.items():
-                if entry is not None and entry[0] == kind:
-                    self._folders[folder] = None
-        for folder, entry in list(self._folders.items()):
-            if entry is not None:
-                kind, watch = entry
-                observer = self._observers[kind]
-                if any(e.watch == watch and e.is_alive() for e in observer.emitters):
-                    continue
-                # An emitter stops by itself when its folder is deleted.
-                with contextlib.suppress(KeyError, OSError):
-                    observer.unschedule(watch)
-                self._folders[folder] = None
-                healthy = False
-            if not folder.is_dir():
-                continue  # still missing: try again at the next check
+        healthy = not self._lost
+        self._lost = False
+        for folder, kind in list(self._folders.items()):
+            if kind is not None or not folder.is_dir():
+                continue  # watched, or still missing: try again at the next check
             try:
-                kind, watch = self._folders[folder] = self._schedule(folder)
+                attached = self._attach(folder)
             except RotatorError as exc:
                 self._log("watch.failed", folder=str(folder), reason=str(exc))
                 continue
             healthy = False
-            self._log("watch.restarted", folder=str(folder), mode=kind)
+            self._log("watch.restarted", folder=str(folder), mode=attached)
         return healthy
 
-    # -- scheduling -----------------------------------------------------------------------
+    # -- attaching ---------------------------------------------------------------------
 
-    def _schedule(self, folder: Path) -> tuple[ObserverKind, ObservedWatch]:
-        """Watch one folder with the configured kind of observer, falling back if allowed."""
-        if self._mode == "polling":
-            return "polling", self._schedule_on("polling", folder)
-        try:
-            return "native", self._schedule_on("native", folder)
-        except OSError as exc:
-            reason = _describe_os_error(exc)
-            if self._mode == "native" or exc.errno in _FOLDER_MISSING:
-                raise RotatorError(f"cannot watch {folder} natively: {reason}") from exc
-            self._log("watch.fallback", folder=str(folder), reason=reason)
-        try:
-            return "polling", self._schedule_on("polling", folder)
-        except OSError as exc:
-            raise RotatorError(f"cannot watch {folder}: {_describe_os_error(exc)}") from exc
-
-    def _schedule_on(self, kind: ObserverKind, folder: Path) -> ObservedWatch:
-        observer = self._observers.get(kind)
-        if observer is None:
-            if kind == "native":
-                observer = self._native_observer_factory()
+    def _attach(self, folder: Path) -> FolderKind:
+        """Watch one folder natively if allowed and possible, else poll it."""
+        if self._mode != "polling":
+            try:
+                self._watch_tree(folder)
+            except OSError as exc:
+                self._drop_tree(folder)
+                reason = _LIMITS.get(exc.errno or 0) or exc.strerror or str(exc)
+                if self._mode == "native" or exc.errno in _FOLDER_MISSING:
+                    raise RotatorError(f"cannot watch {folder} natively: {reason}") from exc
+                self._log_fallback(folder, exc.errno, reason)
             else:
-                observer = PollingObserver(timeout=self._poll_interval)
-            observer.daemon = True
-            observer.start()
-            self._observers[kind] = observer
-        return observer.schedule(
-            self._handler, str(folder), recursive=True, event_filter=_EVENT_FILTER
-        )
+                self._folders[folder] = "native"
+                return "native"
+        self._attach_polling(folder)
+        return "polling"
 
-    # -- events, on the loop ----------------------------------------------------------------
+    def _attach_polling(self, folder: Path) -> None:
+        try:
+            self._snapshots[folder] = _snapshot(folder)
+        except OSError as exc:
+            raise RotatorError(f"cannot watch {folder}: {exc.strerror or exc}") from exc
+        self._folders[folder] = "polling"
+        self._schedule_poll()
 
-    def _on_event(self, event: FileSystemEvent) -> None:
-        """Turn one raw watchdog event into settling, gone or appeared."""
-        if not self._running:
+    def _log_fallback(self, folder: Path, code: int | None, reason: str) -> None:
+        """Say once per kernel limit (every time for other causes) that folders are polled."""
+        if code in _LIMITS:
+            if code in self._limits_logged:
+                return
+            self._limits_logged.add(code)
+            reason += "; the folders that cannot be watched are polled meanwhile"
+        self._log("watch.fallback", folder=str(folder), reason=reason)
+
+    def _detach(self, folder: Path) -> None:
+        kind = self._folders.get(folder)
+        self._folders[folder] = None
+        if kind == "native":
+            self._drop_tree(folder)
+        elif kind == "polling":
+            self._snapshots.pop(folder, None)
+
+    # -- native: one inotify instance, read by the loop -----------------------------------------
+
+    def _instance(self) -> Inotify:
+        if self._inotify is None:
+            inotify = self._inotify_factory()
+            self._loop.add_reader(inotify.fileno(), self._on_readable)
+            self._inotify = inotify
+        return self._inotify
+
+    def _close_inotify(self) -> None:
+        if self._inotify is not None:
+            self._loop.remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+        self._dir_of_wd.clear()
+        self._wd_of_dir.clear()
+
+    def _watch_tree(self, top: Path) -> None:
+        """Add a watch for ``top`` and every directory under it (symlinks not followed)."""
+        inotify = self._instance()
+        for directory in _directories(top):
+            if directory in self._wd_of_dir:
+                continue  # shared with a folder that contains this one
+            try:
+                wd = inotify.add(directory)
+            except OSError as exc:
+                if directory == top or exc.errno in _LIMITS:
+                    raise
+                continue  # a subfolder that vanished meanwhile
+            self._forget_wd(wd)  # the same directory seen under an older name
+            self._dir_of_wd[wd] = directory
+            self._wd_of_dir[directory] = wd
+
+    def _drop_tree(self, top: Path) -> None:
+        """Remove the watches at and under ``top`` that no other native folder needs."""
+        if self._inotify is None:
             return
-        source = _as_path(event.src_path)
-        if isinstance(event, FileMovedEvent | DirMovedEvent):
-            if source is not None:
-                self._gone(source)
-            destination = _as_path(event.dest_path)
-            if destination is not None and self._is_watched(destination):
-                if event.is_directory:
-                    self._on_dir_appeared(destination)
-                else:
-                    self._start_settling(destination)
+        for directory in [d for d in self._wd_of_dir if d == top or top in d.parents]:
+            owner = self._root_of(directory, exclude=top)
+            if owner is not None and self._folders.get(owner) == "native":
+                continue
+            wd = self._wd_of_dir.pop(directory)
+            self._dir_of_wd.pop(wd, None)
+            self._inotify.remove(wd)
+
+    def _forget_wd(self, wd: int) -> None:
+        directory = self._dir_of_wd.pop(wd, None)
+        if directory is not None and self._wd_of_dir.get(directory) == wd:
+            del self._wd_of_dir[directory]
+
+    def _on_readable(self) -> None:
+        """Read and handle whatever inotify has queued (called by the loop)."""
+        inotify = self._inotify
+        if inotify is None:
             return
-        if source is None or not self._is_watched(source):
+        try:
+            events = inotify.read()
+        except OSError as exc:  # the instance is unusable: start over at the next check
+            self._log("watch.restarted", mode="native", reason=exc.strerror or str(exc))
+            for folder, kind in self._folders.items():
+                if kind == "native":
+                    self._folders[folder] = None
+            self._close_inotify()
+            self._lost = True
             return
-        if isinstance(event, FileDeletedEvent | DirDeletedEvent):
-            self._gone(source)
-        elif isinstance(event, DirCreatedEvent):
-            self._on_dir_appeared(source)
-        elif not event.is_directory:
-            self._start_settling(source)
+        for wd, mask, name in events:
+            try:
+                self._on_native_event(wd, mask, name)
+            except Exception as exc:  # one odd event must not stop the others
+                self._log("watch.event_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _on_native_event(self, wd: int, mask: int, name: bytes) -> None:
+        if mask & _C.IN_Q_OVERFLOW:
+            self._lost = True  # the kernel dropped events: the next check rescans
+            return
+        directory = self._dir_of_wd.get(wd)
+        if directory is None or not self._running:
+            return
+        if mask & _C.IN_IGNORED:
+            self._forget_wd(wd)
+            return
+        path = directory / os.fsdecode(name) if name else directory
+        if not name:
+            # The directory itself was deleted or moved away; its parent reports
+            # subfolders, but a watched folder's own disappearance is ours to see.
+            if mask & (_C.IN_DELETE_SELF | _C.IN_MOVE_SELF) and self._folders.get(path):
+                self._folder_lost(path)
+            return
+        is_dir = bool(mask & _C.IN_ISDIR)
+        if mask & (_C.IN_DELETE | _C.IN_MOVED_FROM):
+            if is_dir and mask & _C.IN_MOVED_FROM:
+                self._drop_tree(path)  # its watches would keep reporting under this name
+            self._gone(path)
+        elif is_dir:
+            if mask & (_C.IN_CREATE | _C.IN_MOVED_TO):
+                self._watch_new_subfolder(path)
+        else:
+            self._start_settling(path)
+
+    def _watch_new_subfolder(self, path: Path) -> None:
+        """Watch a folder created or moved in under a watched one, then report it."""
+        root = self._root_of(path)
+        if root is None:
+            return
+        try:
+            self._watch_tree(path)
+        except OSError as exc:
+            if exc.errno not in _LIMITS:
+                raise
+            reason = _LIMITS[exc.errno or 0]
+            if self._mode == "native":
+                self._log("watch.failed", folder=str(root), reason=reason)
+            else:  # out of watches: poll the folder this subfolder belongs to instead
+                self._detach(root)
+                self._log_fallback(root, exc.errno, reason)
+                try:
+                    self._attach_polling(root)
+                except RotatorError as failed:
+                    self._log("watch.failed", folder=str(root), reason=str(failed))
+        self._on_dir_appeared(path)
+
+    def _folder_lost(self, folder: Path) -> None:
+        """A watched folder went away: report it, and watch it again when it is back."""
+        self._detach(folder)
+        self._lost = True
+        self._gone(folder)
+
+    # -- polling: one timer and one worker-thread call per round for all polled folders -----
+
+    def _schedule_poll(self) -> None:
+        if self._running and self._poll_timer is None and self._poll_task is None:
+            self._poll_timer = self._loop.call_later(self._poll_interval, self._start_poll)
+
+    def _stop_polling(self) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+            self._poll_timer = None
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
+
+    def _start_poll(self) -> None:
+        self._poll_timer = None
+        if not self._snapshots or not self._running:
+            return  # nothing polled any more: no timer until a folder is polled again
+        self._poll_task = self._loop.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        before = dict(self._snapshots)
+        try:
+            after = await asyncio.to_thread(_snapshots_of, before)
+        finally:
+            self._poll_task = None
+        for folder, old in before.items():
+            if self._snapshots.get(folder) is not old:
+                continue  # unwatched or re-attached meanwhile
+            new = after[folder]
+            if isinstance(new, DirectorySnapshot):
+                self._snapshots[folder] = new
+                self._report_diff(DirectorySnapshotDiff(old, new))
+            elif new in _FOLDER_MISSING:
+                self._folder_lost(folder)
+            # Any other error (a network share briefly away): keep the old snapshot.
+        self._schedule_poll()
+
+    def _report_diff(self, diff: DirectorySnapshotDiff) -> None:
+        for raw in (*diff.files_deleted, *diff.dirs_deleted):
+            self._gone(_as_path(raw))
+        for raw_source, _destination in (*diff.files_moved, *diff.dirs_moved):
+            self._gone(_as_path(raw_source))
+        for raw in (*diff.files_created, *diff.files_modified, *diff.files_attrib):
+            self._start_settling_if_watched(_as_path(raw))
+        for _source, raw_destination in diff.files_moved:
+            self._start_settling_if_watched(_as_path(raw_destination))
+        for raw in diff.dirs_created:
+            self._dir_appeared_if_watched(_as_path(raw))
+        for _source, raw_destination in diff.dirs_moved:
+            self._dir_appeared_if_watched(_as_path(raw_destination))
+
+    # -- events, on the loop ------------------------------------------------------------------
+
+    def _start_settling_if_watched(self, path: Path) -> None:
+        if self._root_of(path) is not None:
+            self._start_settling(path)
+
+    def _dir_appeared_if_watched(self, path: Path) -> None:
+        if self._root_of(path) is not None:
+            self._on_dir_appeared(path)
 
     def _gone(self, path: Path) -> None:
         self._forget_under(path)
-        if self._is_watched(path):
+        if self._root_of(path) is not None:
             self._on_path_gone(path)
 
     def _start_settling(self, path: Path) -> None:
@@ -331,13 +563,46 @@ class FolderWatcher:
                 if isinstance(entry, _Settling) and entry.timer is not None:
                     entry.timer.cancel()
 
-    def _is_watched(self, path: Path) -> bool:
-        return any(path == folder or folder in path.parents for folder in self._folders)
+    def _root_of(self, path: Path, *, exclude: Path | None = None) -> Path | None:
+        """Return the watched folder holding ``path`` (itself included), or None.
+
+        A look-up per ancestor: the cost follows the path's depth, not the folder count.
+        """
+        for candidate in (path, *path.parents):
+            if candidate in self._folders and candidate != exclude:
+                return candidate
+        return None
 
 
-def _as_path(raw: bytes | str) -> Path | None:
-    text = os.fsdecode(raw)
-    return Path(text) if text else None
+def _directories(top: Path) -> Iterator[Path]:
+    """Yield ``top`` and every directory under it, not following symlinks."""
+    yield top
+    for root, dirnames, _files in os.walk(top):
+        for name in dirnames:
+            path = Path(root, name)
+            if not path.is_symlink():
+                yield path
+
+
+def _snapshot(folder: Path) -> DirectorySnapshot:
+    return DirectorySnapshot(str(folder), recursive=True)
+
+
+def _snapshots_of(
+    folders: dict[Path, DirectorySnapshot],
+) -> dict[Path, DirectorySnapshot | int | None]:
+    """Take a new snapshot of every folder (in a worker thread); an errno where it failed."""
+    result: dict[Path, DirectorySnapshot | int | None] = {}
+    for folder in folders:
+        try:
+            result[folder] = _snapshot(folder)
+        except OSError as exc:
+            result[folder] = exc.errno
+    return result
+
+
+def _as_path(raw: bytes | str) -> Path:
+    return Path(os.fsdecode(raw))
 
 
 def _signature(path: Path) -> Signature | None:
@@ -349,13 +614,3 @@ def _signature(path: Path) -> Signature | None:
     if not stat.S_ISREG(status.st_mode):
         return None
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns
-
-
-def _describe_os_error(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "inotify watch limit reached (fs.inotify.max_user_watches)"
-    if exc.errno == errno.EMFILE:
-        return (
-            "inotify instance limit reached (fs.inotify.max_user_instances) or too many open files"
-        )
-    return exc.strerror or str(exc)

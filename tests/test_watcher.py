@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 
 from rotator.errors import RotatorError
-from rotator.watcher import FolderWatcher, WatchMode
+from rotator.watcher import FolderWatcher, Inotify, WatchMode
 
 SETTLE = 0.2
 WAIT = 5.0
@@ -78,7 +76,8 @@ def run(
     *,
     mode: WatchMode = "native",
     settle: float = SETTLE,
-    native_observer_factory: Callable[[], BaseObserver] = Observer,
+    inotify_factory: Callable[[], Inotify] = Inotify,
+    folders: tuple[Path, ...] = (),
 ) -> Reports:
     """Run ``scenario`` with a started watcher on ``folder``; stop it afterwards."""
 
@@ -93,9 +92,10 @@ def run(
             on_file_ready=reports.on_file_ready,
             on_path_gone=reports.on_path_gone,
             on_dir_appeared=reports.on_dir_appeared,
-            native_observer_factory=native_observer_factory,
+            inotify_factory=inotify_factory,
         )
-        watcher.watch(folder)
+        for each in (folder, *folders):
+            watcher.watch(each)
         watcher.start()
         try:
             await scenario(watcher, reports)
@@ -270,25 +270,25 @@ def test_folder_moved_in_appears(folder: Path, tmp_path: Path) -> None:
 def test_auto_mode_falls_back_to_polling_when_inotify_fails(folder: Path) -> None:
     """When the native observer cannot start, auto mode polls and logs why."""
 
-    def exhausted() -> BaseObserver:
+    def exhausted() -> Inotify:
         raise OSError(errno.EMFILE, "Too many open files")
 
     async def scenario(watcher: FolderWatcher, reports: Reports) -> None:
         assert watcher.mode_in_use == "polling"
         assert reports.log[0][0] == "watch.fallback"
         assert reports.log[0][1]["folder"] == str(folder)
-        assert "max_user_instances" in reports.log[0][1]["reason"]
+        assert "sysctl fs.inotify.max_user_instances=" in reports.log[0][1]["reason"]
         target = folder / "a.png"
         target.write_bytes(b"x")
         await reports.until(lambda: target in reports.ready)
 
-    run(scenario, folder, mode="auto", native_observer_factory=exhausted)
+    run(scenario, folder, mode="auto", inotify_factory=exhausted)
 
 
 def test_native_mode_raises_when_inotify_fails(folder: Path) -> None:
     """native mode does not fall back: the failure is a RotatorError with the reason."""
 
-    def exhausted() -> BaseObserver:
+    def exhausted() -> Inotify:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def main() -> None:
@@ -301,7 +301,7 @@ def test_native_mode_raises_when_inotify_fails(folder: Path) -> None:
             on_file_ready=print,
             on_path_gone=print,
             on_dir_appeared=print,
-            native_observer_factory=exhausted,
+            inotify_factory=exhausted,
         )
         watcher.watch(folder)
         try:
@@ -342,31 +342,101 @@ def test_unwatch_stops_reports(folder: Path, tmp_path: Path) -> None:
     run(scenario, folder)
 
 
-def test_check_alive_restarts_a_dead_observer(folder: Path) -> None:
-    """An observer thread that died is replaced, and files join again."""
-    made: list[BaseObserver] = []
-
-    def factory() -> BaseObserver:
-        observer = Observer()
-        made.append(observer)
-        return observer
+def test_lost_events_make_check_alive_ask_for_a_rescan(folder: Path) -> None:
+    """An inotify queue overflow (events dropped by the kernel) makes check_alive False once."""
+    queue_limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if queue_limit > 100_000:
+        pytest.skip("inotify queue too large to overflow quickly here")
 
     async def scenario(watcher: FolderWatcher, reports: Reports) -> None:
         assert watcher.check_alive()
-        made[0].stop()
-        await asyncio.to_thread(made[0].join)
-        assert not watcher.check_alive()
-        assert (
-            "watch.restarted",
-            {"mode": "native", "reason": "observer thread died"},
-        ) in reports.log
-        assert len(made) == 2
+        # The loop is not reading while this runs: each new file queues 2 or 3 events.
+        for number in range(queue_limit // 2 + 200):
+            (folder / f"{number}.bin").write_bytes(b"x")
+        await eventually(lambda: not watcher.check_alive())
         assert watcher.check_alive()
         target = folder / "after.png"
         target.write_bytes(b"x")
         await reports.until(lambda: target in reports.ready)
 
-    run(scenario, folder, native_observer_factory=factory)
+    run(scenario, folder, settle=0.05)
+
+
+class _WatchLimit(Inotify):
+    """A real inotify instance that runs out of watches after ``watches`` (like the kernel)."""
+
+    def __init__(self, watches: int) -> None:
+        super().__init__()
+        self.left = watches
+
+    def add(self, path: Path) -> int:
+        """Refuse with ENOSPC once the budget is spent."""
+        if self.left <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        self.left -= 1
+        return super().add(path)
+
+
+def test_watch_limit_polls_only_the_folders_that_could_not_be_watched(tmp_path: Path) -> None:
+    """Out of inotify watches: said once with the sysctl; the rest of the folders are polled."""
+    folders = [(tmp_path / f"f{number}").resolve() for number in range(5)]
+    for each in folders:
+        each.mkdir()
+
+    async def scenario(watcher: FolderWatcher, reports: Reports) -> None:
+        assert watcher.counts["native"] == 3
+        assert watcher.counts["polling"] == 2
+        assert watcher.mode_in_use == "native+polling"
+        fallbacks = [fields for event, fields in reports.log if event == "watch.fallback"]
+        assert len(fallbacks) == 1
+        assert "sysctl fs.inotify.max_user_watches=" in fallbacks[0]["reason"]
+        for each in (folders[0], folders[4]):  # one watched natively, one polled
+            (each / "a.png").write_bytes(b"x")
+        await reports.until(
+            lambda: {folders[0] / "a.png", folders[4] / "a.png"} <= set(reports.ready)
+        )
+
+    run(
+        scenario,
+        folders[0],
+        folders=tuple(folders[1:]),
+        mode="auto",
+        inotify_factory=lambda: _WatchLimit(3),
+    )
+
+
+def test_nested_folders_share_watches(folder: Path) -> None:
+    """A folder inside another is watched once; unwatching the outer one keeps the inner."""
+    inner = folder / "inner"
+    inner.mkdir()
+
+    async def scenario(watcher: FolderWatcher, reports: Reports) -> None:
+        assert watcher.counts["inotify_watches"] == 2
+        watcher.unwatch(folder)
+        assert watcher.counts["inotify_watches"] == 1
+        (folder / "outer.png").write_bytes(b"x")
+        await settled_sentinel(inner, reports)
+        assert reports.ready == [inner / "sentinel.png"]
+
+    run(scenario, folder, folders=(inner,))
+
+
+@pytest.mark.parametrize("mode", ["native", "polling"])
+def test_three_hundred_folders_add_no_thread_per_folder(tmp_path: Path, mode: WatchMode) -> None:
+    """300 folders: natively no thread at all, polled at most one worker; files still join."""
+    folders = [(tmp_path / f"f{number:03}").resolve() for number in range(300)]
+    for each in folders:
+        each.mkdir()
+    before = threading.active_count()
+
+    async def scenario(watcher: FolderWatcher, reports: Reports) -> None:
+        assert watcher.counts[mode] == 300
+        target = folders[-1] / "last.png"
+        target.write_bytes(b"x")
+        await reports.until(lambda: target in reports.ready)
+        assert threading.active_count() - before <= (0 if mode == "native" else 1)
+
+    run(scenario, folders[0], folders=tuple(folders[1:]), mode=mode)
 
 
 @pytest.mark.parametrize("mode", ["native", "polling"])
@@ -387,12 +457,13 @@ def test_deleted_folder_is_watched_again_when_it_returns(folder: Path, mode: Wat
     run(scenario, folder, mode=mode)
 
 
-def test_stop_joins_the_observer_threads(folder: Path) -> None:
-    """After stop() no watchdog thread is left running."""
+def test_stop_leaves_nothing_running(folder: Path) -> None:
+    """After stop() no thread, reader or timer of the watcher is left."""
     before = set(threading.enumerate())
 
     async def scenario(watcher: FolderWatcher, reports: Reports) -> None:
-        assert set(threading.enumerate()) - before
+        (folder / "a.png").write_bytes(b"x")
+        await reports.until(lambda: folder / "a.png" in reports.ready)
 
-    run(scenario, folder)
+    run(scenario, folder, mode="polling")
     assert set(threading.enumerate()) - before == set()

@@ -180,7 +180,7 @@ def test_a_folder_created_after_start_is_watched(
         sections={"watch": {"rescan": "1h", "settle": "200ms"}},
     )
     daemon = start_daemon(path)
-    daemon.wait_for("daemon.started")
+    daemon.wait_for("catalog.scanned")  # the start-up scan is over: the folder comes later
     make_image(tmp_path / "alice" / "1.png", seed=1)
     daemon.wait_for("image.added", timeout=25)
     assert daemon.stop() == 0

@@ -60,7 +60,9 @@ def test_daemon_notifies_systemd_through_its_life(
     _receive_until(notify_socket, "READY=1", seen, 15)
     ready = next(message for message in seen if "READY=1" in message.splitlines())
     assert any(line.startswith("STATUS=1 accounts, 1 entries") for line in ready.splitlines())
-    assert daemon.named("image.added"), "READY comes after the first catalog scan"
+    scanned = daemon.named("catalog.scanned")
+    assert scanned, "READY comes after the first catalog scan"
+    assert (scanned[0]["folders"], scanned[0]["usable"]) == (1, 1)
     _receive_until(notify_socket, "WATCHDOG=1", seen, 5)
     _receive_until(notify_socket, "WATCHDOG=1", seen, 5)
 
