@@ -341,25 +341,22 @@ class Rotator:
             if task is not None:
                 self.writing.add(task)
             try:
-                if url is not None:
-                    outcome = await self.client.update_avatar(
-                        rot.entry.account,
-                        idempotency_key=key,
-                        url=url,
-                        on_answer=answered,
-                        on_record=self._on_record(rot),
-                    )
-                else:
-                    file = FilePayload(
+                # Exactly one of the two: an HTTPS URL Xquik fetches, or the bytes themselves.
+                file = (
+                    None
+                    if url is not None
+                    else FilePayload(
                         data=payload.data, filename=payload.filename, mime=payload.mime
                     )
-                    outcome = await self.client.update_avatar(
-                        rot.entry.account,
-                        idempotency_key=key,
-                        file=file,
-                        on_answer=answered,
-                        on_record=self._on_record(rot),
-                    )
+                )
+                outcome = await self.client.update_avatar(
+                    rot.entry.account,
+                    idempotency_key=key,
+                    file=file,
+                    url=url,
+                    on_answer=answered,
+                    on_record=self._on_record(rot),
+                )
             finally:
                 if task is not None:
                     self.writing.discard(task)
