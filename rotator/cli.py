@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         one = sub.add_parser(name, help=help_text, description=help_text)
         one.add_argument("--config", metavar="PATH", help=config_help)
+        if name != "run":  # the daemon's output is its JSON log already
+            one.add_argument("--json", action="store_true", help="print JSON for tools")
         return one
 
     run = command("run", "run the daemon")
@@ -65,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check", "validate the config and every image")
     check.add_argument("--online", action="store_true", help="also ask the API (free reads)")
-    check.add_argument("--json", action="store_true", help="print JSON for tools")
 
     plan = command("plan", "show the next rotations and what they cost")
     plan.add_argument("--count", type=_positive_int, default=5, metavar="N")
@@ -76,16 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INSTANT",
         help="plan from this ISO 8601 instant with its offset (default: now)",
     )
-    plan.add_argument("--json", action="store_true", help="print JSON for tools")
 
     rotate = command("rotate", "rotate now, once (through the daemon when it runs)")
     rotate.add_argument("--account", metavar="NAME", help="only this account's entries")
     rotate.add_argument("--image", metavar="PATH", help="send this image (in the entry's folder)")
     rotate.add_argument("--dry-run", action="store_true", help="do everything but the write")
-    rotate.add_argument("--json", action="store_true", help="print JSON for tools")
 
-    status = command("status", "show positions, pauses and errors from the state")
-    status.add_argument("--json", action="store_true", help="print JSON for tools")
+    command("status", "show positions, pauses and errors from the state")
 
     history = command("history", "show what was sent when, and what came of it")
     history.add_argument("--account", metavar="NAME", help="only this account")
@@ -95,7 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N rows (50)"
     )
-    history.add_argument("--json", action="store_true", help="print JSON for tools")
 
     resume = command("resume", "end a pause by hand and reset its backoff")
     resume.add_argument("--account", metavar="NAME", help="end this account's pause only")
@@ -125,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="healthy while alive, even if a pause stops every rotation",
     )
-    health.add_argument("--json", action="store_true", help="print JSON for tools")
     return parser
 
 

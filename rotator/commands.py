@@ -206,7 +206,7 @@ def rotate(args: argparse.Namespace) -> int:
             request["image"] = manual.image_path(args.image, Path.cwd())
         reply = control.ask(settings.state_dir, request)
         if reply is not None:
-            return _print_reply(reply, sys.stdout)
+            return _print_reply(reply, sys.stdout, as_json=args.json)
     key = None if args.dry_run else _key(settings, environ)
     # A one-shot command: its results go to stdout, its log lines to stderr.
     configure(settings.log.level, settings.log.format, stream=sys.stderr)
@@ -758,7 +758,7 @@ def resume(args: argparse.Namespace) -> int:
     settings = _settings(args, environ)
     reply = control.ask(settings.state_dir, {"command": "resume", "account": args.account})
     if reply is not None:
-        return _print_reply(reply, sys.stdout)
+        return _print_reply(reply, sys.stdout, as_json=args.json)
     configured = {entry.account for entry in settings.accounts}
     # An account no longer configured may still have a stored pause to end: look first.
     no_state = not (settings.state_dir / DB_NAME).exists()
@@ -776,8 +776,7 @@ def resume(args: argparse.Namespace) -> int:
         }:
             raise _unknown_account(args.account)
         ended = manual.resume_offline(state, args.account)
-    sys.stdout.write(manual.resumed_message(ended) + "\n")
-    return 0
+    return _answer(0, manual.resumed_message(ended), by="state", as_json=args.json)
 
 
 # -- reload --------------------------------------------------------------------------------
@@ -819,6 +818,9 @@ def reload(args: argparse.Namespace) -> int:
         outcome = _reload_outcome(beat[1]) if beat is not None else before
         if outcome["count"] <= before["count"]:
             continue
+        if args.json:
+            _print_json({"ok": outcome["ok"], "pid": pid, "problems": outcome["problems"]})
+            return 0 if outcome["ok"] else 1
         if outcome["ok"]:
             sys.stdout.write(f"reloaded (pid {pid})\n")
             return 0
@@ -857,11 +859,11 @@ def pause(args: argparse.Namespace) -> int:
     request = {"command": "pause", "account": args.account, "seconds": args.for_seconds}
     reply = control.ask(settings.state_dir, request)
     if reply is not None:
-        return _print_reply(reply, sys.stdout)
+        return _print_reply(reply, sys.stdout, as_json=args.json)
     with _state_by_hand(settings) as state:
         done = manual.pause_offline(state, args.account, args.for_seconds)
-    sys.stdout.write(done + " (the daemon keeps it when it starts)\n")
-    return 0
+    message = done + " (the daemon keeps it when it starts)"
+    return _answer(0, message, by="state", as_json=args.json)
 
 
 def skip(args: argparse.Namespace) -> int:
@@ -870,15 +872,15 @@ def skip(args: argparse.Namespace) -> int:
     entries = manual.entries_of(settings.accounts, args.account)
     reply = control.ask(settings.state_dir, {"command": "skip", "account": args.account})
     if reply is not None:
-        return _print_reply(reply, sys.stdout)
+        return _print_reply(reply, sys.stdout, as_json=args.json)
+    lines = []
     with _state_by_hand(settings) as state:
         fits = fit_settings(settings)
         for entry in entries:
             catalog = Catalog(entry.folder, fits, StateValidationCache(state), _quiet)
             catalog.apply_scan(catalog.scan())
-            skipped = manual.skip(state, entry, catalog)
-            sys.stdout.write(f"{entry.account}: skipped {skipped}\n")
-    return 0
+            lines.append(f"{entry.account}: skipped {manual.skip(state, entry, catalog)}")
+    return _answer(0, "\n".join(lines), by="state", as_json=args.json)
 
 
 def exclude(args: argparse.Namespace) -> int:
@@ -899,11 +901,11 @@ def _image_by_hand(args: argparse.Namespace, command: str) -> int:
     request = {"command": command, "account": args.account, "image": image}
     reply = control.ask(settings.state_dir, request)
     if reply is not None:
-        return _print_reply(reply, sys.stdout)
+        return _print_reply(reply, sys.stdout, as_json=args.json)
     with _state_by_hand(settings) as state:
         act = manual.exclude if command == "exclude" else manual.include
-        sys.stdout.write(act(state, entry, relative) + "\n")
-    return 0
+        message = act(state, entry, relative)
+    return _answer(0, message, by="state", as_json=args.json)
 
 
 def _state_by_hand(settings: Settings) -> StateStore:
@@ -917,14 +919,25 @@ def _state_by_hand(settings: Settings) -> StateStore:
         ) from None
 
 
-def _print_reply(reply: dict[str, Any], out: Any) -> int:
+def _print_reply(reply: dict[str, Any], out: Any, *, as_json: bool = False) -> int:
     """Print the daemon's answer (an error on stderr) and return its exit code."""
     code = int(reply["exit"])
     message = str(reply.get("message", ""))
+    if as_json:
+        return _answer(code, message, by="daemon", as_json=True)
     if code != 0 and not reply.get("results"):
         sys.stderr.write(f"rotator: {message}\n")
     elif message:
         out.write(message + "\n")
+    return code
+
+
+def _answer(code: int, message: str, *, by: str, as_json: bool) -> int:
+    """Print what a by-hand command did (``by`` the daemon or on the state); return ``code``."""
+    if as_json:
+        _print_json({"ok": code == 0, "exit": code, "by": by, "message": message})
+    else:
+        sys.stdout.write(message + "\n")
     return code
 
 

@@ -980,6 +980,41 @@ def test_a_rotator_variable_that_sets_nothing_is_a_warning(
     ]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check",),
+        ("plan", "--count", "1"),
+        ("rotate", "--dry-run"),
+        ("status",),
+        ("history",),
+        ("pause", "--account", "alice", "--for", "1h"),
+        ("resume",),
+        ("skip", "--account", "alice"),
+        ("exclude", "--account", "alice", "--image", "img2.jpg"),
+        ("include", "--account", "alice", "--image", "img2.jpg"),
+        ("health",),
+        ("reload",),
+    ],
+    ids=lambda args: args[0],
+)
+def test_every_command_but_run_prints_json(
+    tmp_path: Path, fake_xquik: FakeXquik, args: tuple[str, ...]
+) -> None:
+    """--json on every command but run: stdout is one JSON document, whatever the exit code."""
+    config, _ = _setup(tmp_path, fake_xquik)
+    StateStore.open(tmp_path / "state").close()
+    if args[0] == "include":
+        _cli(config, "exclude", "--account", "alice", "--image", "img2.jpg", env=cli_env(None))
+    result = _cli(config, *args, "--json", env=cli_env(None), cwd=tmp_path / "alice")
+    # health and reload find no daemon (exit 1); the others succeed.
+    assert result.returncode == (1 if args[0] in ("health", "reload") else 0), result.stderr
+    if args[0] == "reload":
+        assert result.stdout == ""  # no daemon: nothing to report but the error line
+        return
+    json.loads(result.stdout)
+
+
 # -- history ---------------------------------------------------------------------------------
 
 
