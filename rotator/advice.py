@@ -6,6 +6,8 @@ command that follows it, so nobody has to look up what ``account_needs_reauth`` 
 
 from __future__ import annotations
 
+from rotator.policy import CODE_FAMILY
+
 # Pause kinds (rotator.policy.PauseKind) that only time ends; the others need a person.
 SELF_ENDING_KINDS = frozenset({"rate_limit", "x_rate_limited", "daily"})
 # Of those, the ones that last minutes, not a day.
@@ -42,3 +44,22 @@ def next_step(kind: str, account: str | None) -> str:
     if kind == "rate_limit":
         return "Xquik's rate limit: nothing to do, it resumes by itself"
     return f"see the log; {resume} ends the pause by hand"
+
+
+def next_step_for_error(code: str, account: str) -> str | None:
+    """Return what to do about the last error of an entry, if a person can do anything."""
+    family = CODE_FAMILY.get(code)
+    if family == "account":
+        return next_step("account", account)
+    if family == "billing":
+        return next_step("credits", None)
+    if family == "key":
+        return next_step("auth", None)
+    if family == "image":
+        return "the server refused that image: fix or replace the file (it is not sent again as is)"
+    if family == "uncertain":
+        return (
+            f"look at @{account}'s avatar on X: the write may have happened, so rotator does "
+            "not send that image again blindly"
+        )
+    return None

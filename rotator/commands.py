@@ -23,7 +23,13 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from rotator import control, manual
-from rotator.advice import INTENDED_KINDS, SELF_ENDING_KINDS, SHORT_KINDS, next_step
+from rotator.advice import (
+    INTENDED_KINDS,
+    SELF_ENDING_KINDS,
+    SHORT_KINDS,
+    next_step,
+    next_step_for_error,
+)
 from rotator.catalog import (
     Catalog,
     CatalogImage,
@@ -134,6 +140,13 @@ def _require_state(settings: Settings) -> Path:
     if (state_dir_for(settings, dry_run=True) / DB_NAME).exists():
         message += f"; a dry run keeps its own state in {state_dir_for(settings, dry_run=True)}"
     raise NoStateError(message)
+
+
+def _error_step(last_error: str | None, account: str) -> str | None:
+    """Return what to do about an entry's last error (stored as ``code: message``)."""
+    if not last_error:
+        return None
+    return next_step_for_error(last_error.split(":", 1)[0].strip(), account)
 
 
 def _unknown_account(name: str) -> ConfigError:
@@ -601,6 +614,7 @@ def status(args: argparse.Namespace) -> int:
                 "current_image": row.last_image if row else None,
                 "next_due": due,
                 "last_error": row.last_error if row else None,
+                "next_step": _error_step(row.last_error if row else None, entry.account),
                 "last_outcome": last.outcome if last else None,
                 "uncertain": bool(row and row.uncertain),
                 "last_action_id": last.action_id if last else None,
@@ -655,6 +669,8 @@ def _print_status(report: dict[str, Any]) -> None:
         out.write(f"  next due:      {relative_time(item['next_due'], now)}\n")
         if item["last_error"]:
             out.write(f"  last error:    {item['last_error']}\n")
+        if item["next_step"]:
+            out.write(f"  next step:     {item['next_step']}\n")
         _write_ledger_lines(out, item)
     if report["refused_images"]:
         out.write("\nrefused by the server (not sent again until the file changes):\n")

@@ -757,6 +757,9 @@ def test_rotate_failing_write_exits_1(tmp_path: Path, fake_xquik: FakeXquik, fai
     assert all(w.status in (400, 403) for w in writes)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("alice:")]
     assert "uploaded" not in line
+    if failure == "needs_reauth":  # status says what to do about it
+        status = _cli(config, "status", env=cli_env(fake_xquik.api_key)).stdout
+        assert "next step:     reconnect or unlock @alice in the Xquik dashboard" in status
 
 
 def test_rotate_unknown_account_exits_2(tmp_path: Path, fake_xquik: FakeXquik) -> None:
