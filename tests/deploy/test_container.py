@@ -385,7 +385,8 @@ def test_container_rotates_reloads_reports_health_and_stops_on_sigterm(
     """The image on a read-only root: key from the secret file, uploads, health, SIGHUP, SIGTERM."""
     with FakeXquik(accounts=["alice", "bob"]) as server:
         images = {
-            f"{account}/{name}": make_image(volumes["images"] / account / name, seed=seed)
+            # 128 px: above images.min_size (100), which this config leaves at its default.
+            f"{account}/{name}": make_image(volumes["images"] / account / name, seed=seed, size=128)
             for seed, (account, name) in enumerate(
                 [("alice", "1.png"), ("alice", "2.png"), ("bob", "1.png")]
             )
