@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+from fake_xquik import FakeXquik
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,3 +215,24 @@ class DaemonProcess:
         """Return everything the daemon printed so far, stdout and stderr."""
         with self._changed:
             return "".join(self.raw_lines) + "".join(self.stderr_lines)
+
+
+DaemonFactory = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def start_daemon(fake_xquik: FakeXquik) -> Iterator[DaemonFactory]:
+    """Start daemons on demand; kill any left at the end and check no key leaked."""
+    started: list[DaemonProcess] = []
+    key = fake_xquik.api_key
+
+    def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(config, env if env is not None else cli_env(key), *extra)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        assert key not in daemon.output(), "the API key appeared in the daemon's output"
