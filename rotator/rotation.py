@@ -396,29 +396,58 @@ class Rotator:
         Its exact input cannot be sent again, so the server cannot be asked under its
         key; it may have happened, and the history says so before anything new goes.
         """
-        message = "the image changed or went away before its unanswered write was replayed"
+        self._mark_uncertain(
+            record,
+            error_code=None,
+            error="image changed",
+            status=None,
+            message="the image changed or went away before its unanswered write was replayed",
+            request_id=record.request_id,
+            attempt=0,
+            now=self._clock(),
+        )
+
+    def _mark_uncertain(
+        self,
+        record: WriteRecord,
+        *,
+        error_code: str | None,
+        error: str,
+        status: int | None,
+        message: str,
+        request_id: str | None,
+        attempt: int,
+        now: dt.datetime,
+        shown_in_cycle: frozenset[str] | None = None,
+        action_id: str | None = None,
+        credits: int | None = None,
+    ) -> None:
+        """Record a write whose fate is unknown (history, entry flag) and log it."""
         self.state.record_uncertain(
             entry_id=record.entry_id,
             account=record.account,
             image=record.image,
             sha256=record.sha256,
             source_sha256=record.source_sha256,
-            error_code=None,
-            status=None,
+            error_code=error_code,
+            status=status,
             message=message,
-            request_id=record.request_id,
-            attempt=0,
-            now=self._clock(),
+            request_id=request_id,
+            attempt=attempt,
+            now=now,
+            shown_in_cycle=shown_in_cycle,
+            action_id=action_id,
+            credits=credits,
         )
         emit(
             "avatar.uncertain",
             account=record.account,
             image=record.image,
-            error="image changed",
-            status=None,
-            request_id=record.request_id,
-            action_id=None,
-            credits=0,
+            error=error,
+            status=status,
+            request_id=request_id,
+            action_id=action_id,
+            credits=credits or 0,
         )
 
     def _pause_level(self, rot: _Rotation, outcome: Outcome) -> int:
@@ -463,29 +492,16 @@ class Rotator:
             self._refuse(rot, decision, now)
         if decision.action == "uncertain":
             # It may have happened: move on rather than send the same image blindly.
-            self.state.record_uncertain(
-                entry_id=entry.entry_id,
-                account=entry.account,
-                image=record.image,
-                sha256=record.sha256,
-                source_sha256=record.source_sha256,
+            self._mark_uncertain(
+                record,
                 error_code=outcome.code or decision.reason,
+                error=decision.reason,
                 status=outcome.status,
                 message=outcome.message,
                 request_id=outcome.request_id or record.request_id,
                 attempt=rot.tries,
                 now=now,
                 shown_in_cycle=self._position_after(rot).shown_in_cycle,
-                action_id=action_id or None,
-                credits=credits,
-            )
-            emit(
-                "avatar.uncertain",
-                account=entry.account,
-                image=record.image,
-                error=decision.reason,
-                status=outcome.status,
-                request_id=outcome.request_id or record.request_id,
                 action_id=action_id or None,
                 credits=credits,
             )
