@@ -70,7 +70,6 @@ from rotator.service import (
     state_dir_for,
 )
 from rotator.state import (
-    DB_NAME,
     EntryState,
     Pause,
     StateStore,
@@ -130,14 +129,14 @@ def _is_fresh(age: float) -> bool:
 def _require_state(settings: Settings) -> Path:
     """Return the state directory, or say plainly that there is none (exit 1)."""
     state_dir = settings.state_dir
-    if (state_dir / DB_NAME).exists():
+    if state_exists(state_dir):
         return state_dir
     message = (
         f"no state in {state_dir}: no daemon has run with this config yet (the state lives in "
         "state.dir, else $STATE_DIRECTORY, else /var/lib/rotator for a config in "
         "/etc/rotator, else in state/ beside the config)"
     )
-    if (state_dir_for(settings, dry_run=True) / DB_NAME).exists():
+    if state_exists(state_dir_for(settings, dry_run=True)):
         message += f"; a dry run keeps its own state in {state_dir_for(settings, dry_run=True)}"
     raise NoStateError(message)
 
@@ -583,19 +582,13 @@ def status(args: argparse.Namespace) -> int:
         report["daemon"] = "running (dry run)" if beat[2] else "running"
         raw = beat[1].get("next_due")
         next_due = raw if isinstance(raw, dict) and not beat[2] else {}
-    rows: dict[str, Any] = {}
-    pauses: list[Any] = []
-    history: dict[str, Any] = {}
-    refused: list[tuple[str, str]] = []
-    pending: dict[str, Any] = {}
-    # No state yet is a fresh start; a state that cannot be read is an error, never "never".
-    if state_exists(state_dir):
-        with StateStore.open(state_dir, lock=False, readonly=True) as state:
-            rows = {row.entry_id: row for row in state.entries()}
-            pauses = [p for p in state.pauses() if p.until > now]
-            refused = state.refused_images()
-            history = {row.entry_id: row for row in reversed(state.history(limit=500))}
-            pending = _ledger(state, settings, now, report)
+    # _require_state made sure there is one; a state that cannot be read is an error (exit 2).
+    with StateStore.open(state_dir, lock=False, readonly=True) as state:
+        rows = {row.entry_id: row for row in state.entries()}
+        pauses = [p for p in state.pauses() if p.until > now]
+        refused = state.refused_images()
+        history = {row.entry_id: row for row in reversed(state.history(limit=500))}
+        pending = _ledger(state, settings, now, report)
     # Not sent again until the file changes (its content hash with it).
     report["refused_images"] = [{"path": path, "code": code} for path, code in refused]
     for entry in settings.accounts:
@@ -777,7 +770,7 @@ def resume(args: argparse.Namespace) -> int:
         return _print_reply(reply, sys.stdout, as_json=args.json)
     configured = {entry.account for entry in settings.accounts}
     # An account no longer configured may still have a stored pause to end: look first.
-    no_state = not (settings.state_dir / DB_NAME).exists()
+    no_state = not state_exists(settings.state_dir)
     if args.account is not None and args.account not in configured and no_state:
         raise _unknown_account(args.account)
     _require_state(settings)
