@@ -37,6 +37,7 @@ from rotator.catalog import (
     natural_key,
 )
 from rotator.client import XquikClient, find_x_account
+from rotator.clock import utc_now
 from rotator.config import (
     AccountEntry,
     Settings,
@@ -82,10 +83,6 @@ from rotator.state import (
 from rotator.systemd import SystemdNotifier
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Load the settings; warn on stderr of what they ignored (the daemon logs it instead)."""
     settings = load_settings(resolve_config_path(args.config, environ), environ)
@@ -114,7 +111,7 @@ def _live_heartbeat(
     for dry_run in (False, True):
         beat = read_heartbeat(state_dir_for(settings, dry_run=dry_run))
         if beat is not None:
-            found.append(((_now() - beat[0]).total_seconds(), beat[1], dry_run))
+            found.append(((utc_now() - beat[0]).total_seconds(), beat[1], dry_run))
     return min(found, key=lambda item: item[0]) if found else None
 
 
@@ -423,7 +420,7 @@ def plan(args: argparse.Namespace) -> int:
     """Print the next rotations of every entry after ``--from`` (default now) and their cost."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    start: dt.datetime = getattr(args, "start", None) or _now()
+    start: dt.datetime = getattr(args, "start", None) or utc_now()
     saved = _read_entries(settings)
     catalogs = _scanned_catalogs(settings)
     entries: list[dict[str, Any]] = []
@@ -571,7 +568,7 @@ def status(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     settings = _settings(args, environ)
     _register_key_quietly(settings, environ)
-    now = _now()
+    now = utc_now()
     state_dir = _require_state(settings)
     report: dict[str, Any] = {"state_dir": str(state_dir), "entries": [], "pauses": []}
     beat = _live_heartbeat(settings)
@@ -651,7 +648,7 @@ def relative_time(iso: str | None, now: dt.datetime) -> str:
 
 
 def _print_status(report: dict[str, Any]) -> None:
-    now = _now()
+    now = utc_now()
     out = sys.stdout
     out.write(f"daemon: {report['daemon']}  (state: {report['state_dir']})\n")
     for item in report["entries"]:
@@ -688,7 +685,7 @@ def history(args: argparse.Namespace) -> int:
     """Print the audit history, oldest first: what was sent when, and what came of it."""
     environ = dict(os.environ)
     settings = _settings(args, environ)
-    since = _parse_since(args.since, _now()) if args.since else None
+    since = _parse_since(args.since, utc_now()) if args.since else None
     if args.account is not None:
         known = {entry.account for entry in settings.accounts}
         if args.account not in known:
@@ -842,7 +839,7 @@ def reload(args: argparse.Namespace) -> int:
 
 
 def _age(when: dt.datetime) -> float:
-    return (_now() - when).total_seconds()
+    return (utc_now() - when).total_seconds()
 
 
 def _reload_outcome(summary: Mapping[str, object]) -> dict[str, Any]:
@@ -992,7 +989,7 @@ def _health(settings: Settings, *, allow_paused: bool) -> dict[str, Any]:
     if not _is_fresh(age):
         line = f"unhealthy: last heartbeat {age:.0f}s ago (the daemon is stuck or gone)"
         return {"healthy": False, "line": line, **facts}
-    now = _now()
+    now = utc_now()
     try:
         with StateStore.open(
             state_dir_for(settings, dry_run=dry_run), lock=False, readonly=True

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from rotator.catalog import Catalog, natural_key
+from rotator.clock import utc_now
 from rotator.config import AccountEntry, Settings
 from rotator.control import Answer, Request, answer
 from rotator.durations import format_duration
@@ -27,10 +28,6 @@ from rotator.state import PauseScope, StateStore
 MANUAL = "manual"
 PAUSED_BY_HAND = "paused by hand"
 UNTIL_RESUMED = 100 * 365 * 86400.0  # a pause without --for lasts until `rotator resume`
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 # -- which entries, which image ---------------------------------------------------------------
@@ -97,7 +94,7 @@ def _until_text(seconds: float | None) -> str:
 
 def pause_offline(state: StateStore, account: str | None, seconds: float | None) -> str:
     """Pause writes in the state (the daemon takes it up when it starts); return what was done."""
-    now = _now()
+    now = utc_now()
     state.set_pause(
         scope=_scope(account),
         account=account,
@@ -185,7 +182,7 @@ def skip(state: StateStore, entry: AccountEntry, catalog: Catalog) -> str:
 
 def exclude(state: StateStore, entry: AccountEntry, image: str) -> str:
     """Keep ``image`` from being picked for ``entry`` until included again."""
-    added = state.exclude_image(entry_id=entry.entry_id, image=image, now=_now())
+    added = state.exclude_image(entry_id=entry.entry_id, image=image, now=utc_now())
     done = f"{entry.account}: {image} {'excluded' if added else 'was already excluded'}"
     return done + "\n" + _still_excluded(state, entry)
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from rotator.advice import next_step
+from rotator.clock import utc_now
 from rotator.logs import emit
 from rotator.policy import PauseKind, PolicySettings, doubling
 from rotator.state import PauseScope, StateStore
@@ -48,10 +49,6 @@ class ActivePause:
         return f"{who}: {self.kind} ({self.reason}) until {self.until.isoformat()}"
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class PauseBoard:
     """The pauses in force, their persistence, and the tasks that end them."""
 
@@ -62,7 +59,7 @@ class PauseBoard:
         *,
         check_credits: CreditsCheck | None = None,
         check_account: AccountCheck | None = None,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._state = state
         self.settings = settings

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from rotator.catalog import Catalog, CatalogImage, Payload, natural_key
 from rotator.client import FilePayload, XquikClient, idempotency_key
+from rotator.clock import utc_now
 from rotator.config import AccountEntry, ApiSection
 from rotator.errors import ImageError
 from rotator.logs import emit
@@ -80,10 +81,6 @@ class _Rotation:
         return self.record
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _epoch(value: dt.datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -102,7 +99,7 @@ class Rotator:
         api: ApiSection,
         fitted_dir: Path,
         rng: random.Random | None = None,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Callable[[], dt.datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         credits_per_call: int = 10,
     ) -> None:
