@@ -149,12 +149,6 @@ def _unknown_account(name: str) -> ConfigError:
     return ConfigError(f"--account: no [[accounts]] entry has account {name!r}")
 
 
-def _pause_parts(pause: Pause) -> tuple[str, str]:
-    """Split a stored pause's reason into its kind and the server's reason."""
-    kind, _, reason = pause.reason.partition(":")
-    return kind, reason or kind
-
-
 def _print_json(data: object) -> None:
     sys.stdout.write(json.dumps(_redacted(data), indent=2, default=str) + "\n")
 
@@ -612,15 +606,14 @@ def status(args: argparse.Namespace) -> int:
             }
         )
     for pause in pauses:
-        kind, reason = _pause_parts(pause)
         report["pauses"].append(
             {
                 "scope": pause.scope,
                 "account": pause.account,
-                "kind": kind,
-                "reason": reason,
+                "kind": pause.kind,
+                "reason": pause.reason,
                 "until": pause.until.isoformat(),
-                "next_step": next_step(kind, pause.account),
+                "next_step": next_step(pause.kind, pause.account),
             }
         )
     if args.json:
@@ -997,7 +990,7 @@ def _health(settings: Settings, *, allow_paused: bool) -> dict[str, Any]:
             pauses = [pause for pause in state.pauses() if pause.until > now]
     except StateError as exc:
         return {"healthy": False, "line": f"unhealthy: the state cannot be read: {exc}", **facts}
-    facts["paused"] = sorted({_pause_parts(pause)[0] for pause in pauses})
+    facts["paused"] = sorted({pause.kind for pause in pauses})
     blocked = _blocking_pause(settings, pauses)
     if blocked is not None and not allow_paused:
         return {"healthy": False, "line": f"unhealthy: {blocked}", **facts}
@@ -1011,25 +1004,25 @@ def _health(settings: Settings, *, allow_paused: bool) -> dict[str, Any]:
 
 def _blocking_pause(settings: Settings, pauses: list[Pause]) -> str | None:
     """Return why no avatar can change until someone acts or a long pause ends, if so."""
-    pauses = [pause for pause in pauses if _pause_parts(pause)[0] not in INTENDED_KINDS]
+    pauses = [pause for pause in pauses if pause.kind not in INTENDED_KINDS]
     for pause in pauses:
-        kind, reason = _pause_parts(pause)
-        if pause.scope == "key" and kind not in SELF_ENDING_KINDS:
+        if pause.scope == "key" and pause.kind not in SELF_ENDING_KINDS:
             return (
-                f"all accounts paused: {kind} ({reason}) until {pause.until.isoformat()}; "
-                f"next step: {next_step(kind, None)}"
+                f"all accounts paused: {pause.kind} ({pause.reason}) until "
+                f"{pause.until.isoformat()}; next step: {next_step(pause.kind, None)}"
             )
     # Short throttles end by themselves within minutes: they do not make it unhealthy.
     held = {
         str(pause.account): pause
         for pause in pauses
-        if pause.scope == "account" and _pause_parts(pause)[0] not in SHORT_KINDS
+        if pause.scope == "account" and pause.kind not in SHORT_KINDS
     }
     accounts = sorted({entry.account for entry in settings.accounts})
     if accounts and all(account in held for account in accounts):
         parts = []
         for account in accounts:
-            kind, reason = _pause_parts(held[account])
-            parts.append(f"{account}: {kind} ({reason}); next step: {next_step(kind, account)}")
+            pause = held[account]
+            step = next_step(pause.kind, account)
+            parts.append(f"{account}: {pause.kind} ({pause.reason}); next step: {step}")
         return "every account is paused: " + "; ".join(parts)
     return None

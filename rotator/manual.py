@@ -98,7 +98,8 @@ def pause_offline(state: StateStore, account: str | None, seconds: float | None)
     state.set_pause(
         scope=_scope(account),
         account=account,
-        reason=f"{MANUAL}:{PAUSED_BY_HAND}",
+        kind=MANUAL,
+        reason=PAUSED_BY_HAND,
         until=now + dt.timedelta(seconds=UNTIL_RESUMED if seconds is None else seconds),
         level=0,
         now=now,
@@ -157,7 +158,7 @@ def skip(state: StateStore, entry: AccountEntry, catalog: Catalog) -> str:
         raise RotatorError(
             f"{entry.account}: order = 'random' picks anew each time: there is no next image"
         )
-    refused = state.rejected_by_server()
+    refused = state.refused_hashes()
     excluded = {image for _, image in state.excluded_images(entry.entry_id)}
     names = [
         image.relative

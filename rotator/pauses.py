@@ -1,6 +1,6 @@
 """Pauses of the whole key or of one account, kept in the state and ended on time.
 
-A pause is set by the policy (rate limits, billing, a rejected key, an account
+A pause is set by the policy (rate limits, billing, a refused key, an account
 that needs attention). Rotations that meet a pause wait for it to end and then go
 on; nothing is written meanwhile. Each pause logs ``pause.started`` once and
 ``pause.ended`` once. When a pause is due to end, a check that costs no credits may
@@ -94,7 +94,7 @@ class PauseBoard:
     def restore(self) -> None:
         """Take up the pauses kept in the state (a restart does not end them early)."""
         for row in self._state.pauses():
-            kind, _, reason = row.reason.partition(":")
+            kind = row.kind
             if kind not in _KINDS:
                 continue
             scope = row.scope
@@ -103,7 +103,7 @@ class PauseBoard:
                 scope=scope,
                 account=account,
                 kind=cast(PauseKind, kind),
-                reason=reason or kind,
+                reason=row.reason,
                 until=row.until,
                 level=row.level,
                 started=row.started,
@@ -226,7 +226,8 @@ class PauseBoard:
         self._state.set_pause(
             scope=pause.scope,
             account=pause.account,
-            reason=f"{pause.kind}:{pause.reason}",
+            kind=pause.kind,
+            reason=pause.reason,
             until=pause.until,
             level=pause.level,
             now=self._clock(),

@@ -234,7 +234,7 @@ class Rotator:
             if kept is not None and rot.chosen not in rot.excluded:
                 return kept
             rot.chosen, rot.replay_key = None, None  # it went away meanwhile
-        refused = self.state.rejected_by_server()
+        refused = self.state.refused_hashes()
         usable = {image.relative: image for image in rot.catalog.usable()}
         excluded = {image for _, image in self.state.excluded_images(rot.entry.entry_id)}
         names = [
@@ -581,7 +581,7 @@ class Rotator:
     def _refuse(self, rot: _Rotation, decision: Decision, now: dt.datetime) -> None:
         """Remember the image as refused by the server until its file changes."""
         record = rot.written()
-        self.state.mark_rejected_by_server(
+        self.state.mark_refused(
             sha256=record.source_sha256, path=record.image, code=decision.reason, now=now
         )
 

@@ -81,6 +81,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             scope TEXT NOT NULL, account TEXT NOT NULL, reason TEXT NOT NULL,
             until TEXT NOT NULL, level INTEGER NOT NULL, started TEXT NOT NULL,
             PRIMARY KEY (scope, account))""",
+        # The images the server refused; renamed refused_images by migration 3.
         """CREATE TABLE rejected_images (
             sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, code TEXT NOT NULL,
             time TEXT NOT NULL)""",
@@ -99,6 +100,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE pending_writes ADD COLUMN request_id TEXT",
         "ALTER TABLE history ADD COLUMN action_id TEXT",
         "ALTER TABLE history ADD COLUMN credits INTEGER",
+    ),
+    # 3: one word per concept. A pause's kind gets a column of its own (it was packed into
+    # the reason as "kind:reason", split the way str.partition splits it: no colon means
+    # the kind is the whole text, an empty reason is the kind again), and the images the
+    # server refused are kept under that word.
+    (
+        "ALTER TABLE pauses ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
+        "UPDATE pauses SET kind = reason WHERE instr(reason, ':') = 0",
+        """UPDATE pauses SET kind = substr(reason, 1, instr(reason, ':') - 1),
+           reason = substr(reason, instr(reason, ':') + 1) WHERE instr(reason, ':') > 0""",
+        "UPDATE pauses SET reason = kind WHERE reason = ''",
+        "ALTER TABLE rejected_images RENAME TO refused_images",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -180,7 +193,8 @@ class Pause:
 
     scope: PauseScope
     account: str | None  # None for scope "key"
-    reason: str
+    kind: str  # what the pause is for: rate_limit, credits, account, manual, ...
+    reason: str  # the error code (or words) that started it
     until: dt.datetime
     level: int  # how many times in a row it was extended, for doubling
     started: dt.datetime
@@ -650,6 +664,7 @@ class StateStore:
         *,
         scope: PauseScope,
         account: str | None,
+        kind: str,
         reason: str,
         until: dt.datetime,
         level: int,
@@ -663,12 +678,13 @@ class StateStore:
         when = _time_text(now)
         with self._write() as conn:
             conn.execute(
-                """INSERT INTO pauses VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (scope, account) DO UPDATE SET reason = excluded.reason,
-                   until = excluded.until, level = excluded.level,
+                """INSERT INTO pauses (scope, account, kind, reason, until, level, started)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (scope, account) DO UPDATE SET kind = excluded.kind,
+                   reason = excluded.reason, until = excluded.until, level = excluded.level,
                    started = CASE WHEN pauses.until > excluded.started
                                   THEN pauses.started ELSE excluded.started END""",
-                (*key, reason, _time_text(until), level, when),
+                (*key, kind, reason, _time_text(until), level, when),
             )
 
     def pauses(self) -> list[Pause]:
@@ -678,6 +694,7 @@ class StateStore:
             Pause(
                 scope=row["scope"],
                 account=row["account"] or None,
+                kind=row["kind"],
                 reason=row["reason"],
                 until=_time_value(row["until"]),
                 level=row["level"],
@@ -694,31 +711,29 @@ class StateStore:
             )
             return cursor.rowcount > 0
 
-    # --- images the server rejected ------------------------------------------------------
+    # --- images the server refused -------------------------------------------------------
 
-    def mark_rejected_by_server(
-        self, *, sha256: str, path: str, code: str, now: dt.datetime
-    ) -> None:
+    def mark_refused(self, *, sha256: str, path: str, code: str, now: dt.datetime) -> None:
         """Remember that the server refused the image with this content hash."""
         with self._write() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO rejected_images VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO refused_images VALUES (?, ?, ?, ?)",
                 (sha256, path, redact(code), _time_text(now)),
             )
 
-    def rejected_by_server(self) -> dict[str, str]:
+    def refused_hashes(self) -> dict[str, str]:
         """Return the content hashes the server refused, each with its error code."""
-        return {row[0]: row[1] for row in self._read("SELECT sha256, code FROM rejected_images")}
+        return {row[0]: row[1] for row in self._read("SELECT sha256, code FROM refused_images")}
 
     def refused_images(self) -> list[tuple[str, str]]:
         """Return (path, error code) of every image the server refused, by path."""
-        rows = self._read("SELECT path, code FROM rejected_images ORDER BY path")
+        rows = self._read("SELECT path, code FROM refused_images ORDER BY path")
         return [(str(row[0]), str(row[1])) for row in rows]
 
-    def forget_rejected(self, sha256: str) -> None:
+    def forget_refused(self, sha256: str) -> None:
         """Forget that the server refused this content hash."""
         with self._write() as conn:
-            conn.execute("DELETE FROM rejected_images WHERE sha256 = ?", (sha256,))
+            conn.execute("DELETE FROM refused_images WHERE sha256 = ?", (sha256,))
 
     # --- set by hand: positions skipped, images excluded ----------------------------------
 

@@ -164,7 +164,7 @@ def test_resume_live_ends_pauses_and_resets_the_doubling(store: StateStore) -> N
     assert before == 3
     assert after == 0
     assert ended == ["alice"]
-    assert [(p.account, p.reason) for p in store.pauses()] == [("bob", "account:r")]
+    assert [(p.account, p.kind, p.reason) for p in store.pauses()] == [("bob", "account", "r")]
 
 
 def test_pause_offline_is_taken_up_by_a_daemon_as_manual(store: StateStore) -> None:

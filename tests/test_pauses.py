@@ -279,7 +279,8 @@ def test_a_pause_that_ran_out_while_stopped_ends_at_restore(
         store.set_pause(
             scope="account",
             account="bob",
-            reason="x_rate_limited:x_rate_limited",
+            kind="x_rate_limited",
+            reason="x_rate_limited",
             until=past,
             level=0,
             now=past - dt.timedelta(minutes=1),

@@ -352,7 +352,7 @@ def test_failed_not_safe_to_retry_is_uncertain_and_never_sent_again_blindly(
     assert row.action_id == write.response.json["id"]
     assert rig.events("avatar.uncertain")[0]["action_id"] == row.action_id
     with rig.state() as state:
-        pauses = [(p.scope, p.reason.split(":")[0]) for p in state.pauses()]
+        pauses = [(p.scope, p.kind) for p in state.pauses()]
     assert pauses == ([] if pause is None else [pause])  # a pausing code also pauses
     if pause is not None:
         return  # the pause holds the next write; the pause test covers what follows
@@ -521,7 +521,7 @@ def test_a_topup_in_progress_pauses_every_write(rig: Rig) -> None:
     assert rig.rotate().kind == "paused"
     with rig.state() as state:
         (pause,) = state.pauses()
-    assert (pause.scope, pause.reason.split(":")[0]) == ("key", "credits")
+    assert (pause.scope, pause.kind) == ("key", "credits")
 
 
 # -- what the user sees --------------------------------------------------------------------

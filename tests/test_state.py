@@ -98,9 +98,12 @@ def pause(
     until: dt.datetime,
     level: int,
     now: dt.datetime,
+    kind: str = "rate_limit",
 ) -> None:
     """Set a pause with positional scope, account and reason."""
-    store.set_pause(scope=scope, account=account, reason=reason, until=until, level=level, now=now)
+    store.set_pause(
+        scope=scope, account=account, kind=kind, reason=reason, until=until, level=level, now=now
+    )
 
 
 def spawn(script: str, *args: str) -> subprocess.Popen[str]:
@@ -677,20 +680,20 @@ def test_pause_scope_must_match_account(tmp_path: Path) -> None:
         assert store.pauses() == []
 
 
-# --- rejected images ---------------------------------------------------------------------
+# --- images the server refused ----------------------------------------------------------
 
 
-def test_rejected_by_server_round_trip(tmp_path: Path) -> None:
-    """Rejected content hashes are remembered across reopen until forgotten."""
+def test_refused_images_round_trip(tmp_path: Path) -> None:
+    """Content hashes the server refused are remembered across reopen until forgotten."""
     with StateStore.open(tmp_path) as store:
-        store.mark_rejected_by_server(sha256="h1", path="a.png", code="invalid_input", now=T0)
-        store.mark_rejected_by_server(sha256="h2", path="b.png", code="x_rejected", now=T0)
-        store.mark_rejected_by_server(sha256="h1", path="a.png", code="x_rejected", now=at(1))
+        store.mark_refused(sha256="h1", path="a.png", code="invalid_input", now=T0)
+        store.mark_refused(sha256="h2", path="b.png", code="x_rejected", now=T0)
+        store.mark_refused(sha256="h1", path="a.png", code="x_rejected", now=at(1))
     with StateStore.open(tmp_path) as store:
-        assert store.rejected_by_server() == {"h1": "x_rejected", "h2": "x_rejected"}
-        store.forget_rejected("h1")
-        store.forget_rejected("missing")
-        assert store.rejected_by_server() == {"h2": "x_rejected"}
+        assert store.refused_hashes() == {"h1": "x_rejected", "h2": "x_rejected"}
+        store.forget_refused("h1")
+        store.forget_refused("missing")
+        assert store.refused_hashes() == {"h2": "x_rejected"}
 
 
 # --- validation cache --------------------------------------------------------------------
@@ -825,7 +828,7 @@ def _v1_state(state_dir: Path) -> None:
 
 
 def test_a_version_1_state_upgrades_in_place_keeping_its_rows(tmp_path: Path) -> None:
-    """A v1 state opens as schema 2: the pending write and history survive, new fields empty."""
+    """A v1 state opens (through schema 2) as schema 3: its rows survive, new fields empty."""
     _v1_state(tmp_path / "state")
     with StateStore.open(tmp_path / "state") as store:
         pending = store.pending_write(ENTRY)
@@ -835,7 +838,7 @@ def test_a_version_1_state_upgrades_in_place_keeping_its_rows(tmp_path: Path) ->
     assert (pending.status_url, pending.expires_at, pending.last_status) == (None, None, None)
     assert (row.image, row.action_id, row.credits) == ("z.png", None, None)
     with contextlib.closing(sqlite3.connect(tmp_path / "state" / "rotator.db")) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_write_record_round_trips_whole_and_is_replaced_on_change(tmp_path: Path) -> None:
@@ -887,3 +890,71 @@ def test_history_keeps_the_action_id_and_credits_of_a_write(tmp_path: Path) -> N
         )
         (row,) = store.history()
     assert (row.outcome, row.action_id, row.credits) == ("uncertain", "xwa_9", 0)
+
+
+# --- schema 3: one word per concept ------------------------------------------------------
+
+# What schema 2 added to version 1, written out by hand like V1_SCHEMA.
+V2_ADDITIONS = [
+    "ALTER TABLE pending_writes ADD COLUMN action_id TEXT",
+    "ALTER TABLE pending_writes ADD COLUMN status_url TEXT",
+    "ALTER TABLE pending_writes ADD COLUMN expires_at TEXT",
+    "ALTER TABLE pending_writes ADD COLUMN last_status TEXT",
+    "ALTER TABLE pending_writes ADD COLUMN request_id TEXT",
+    "ALTER TABLE history ADD COLUMN action_id TEXT",
+    "ALTER TABLE history ADD COLUMN credits INTEGER",
+]
+# Pauses as rotator 0.2 stored them, the kind packed in front of the reason, and the
+# (kind, reason) each must come out as: split at the first colon; no colon means the
+# whole text is the kind; an empty reason is the kind again.
+PACKED_PAUSES = [
+    ("key", "", "credits:insufficient_credits", ("credits", "insufficient_credits")),
+    ("account", "alice", "manual:paused by hand", ("manual", "paused by hand")),
+    ("account", "bob", "rate_limit:", ("rate_limit", "rate_limit")),
+    ("account", "carol", "daily", ("daily", "daily")),
+    ("account", "dave", "account:x_account:locked", ("account", "x_account:locked")),
+]
+
+
+def _old_state(state_dir: Path, version: int) -> None:
+    """Write a state of schema ``version`` (1 or 2) by hand, with packed pauses and a refusal."""
+    state_dir.mkdir()
+    with contextlib.closing(sqlite3.connect(state_dir / "rotator.db")) as conn:
+        for statement in V1_SCHEMA + (V2_ADDITIONS if version == 2 else []):
+            conn.execute(statement)
+        for scope, account, packed, _ in PACKED_PAUSES:
+            conn.execute(
+                "INSERT INTO pauses VALUES (?, ?, ?, ?, 0, ?)",
+                (scope, account, packed, "2026-05-01T11:00:00.000000+00:00", T0.isoformat()),
+            )
+        conn.execute(
+            "INSERT INTO rejected_images VALUES ('h1', 'bad.png', 'x_rejected', ?)",
+            (T0.isoformat(),),
+        )
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_state_upgrades_to_3_splitting_pause_kinds(tmp_path: Path, version: int) -> None:
+    """A v1 or v2 state opens as schema 3: each pause's kind and reason split, refusals kept."""
+    _old_state(tmp_path / "state", version)
+    with StateStore.open(tmp_path / "state") as store:
+        got = {(p.scope, p.account): (p.kind, p.reason) for p in store.pauses()}
+        assert store.refused_hashes() == {"h1": "x_rejected"}
+        assert store.refused_images() == [("bad.png", "x_rejected")]
+    assert got == {(scope, account or None): split for scope, account, _, split in PACKED_PAUSES}
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "rotator.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "refused_images" in tables
+    assert "rejected_images" not in tables
+
+
+def test_a_pause_keeps_its_kind_apart_from_its_reason(tmp_path: Path) -> None:
+    """A kind and a reason holding a colon come back as stored, each in its own field."""
+    with StateStore.open(tmp_path) as store:
+        pause(store, "key", None, "x:y", until=at(60), level=0, now=T0, kind="auth")
+    with StateStore.open(tmp_path, readonly=True) as store:
+        (stored,) = store.pauses()
+    assert (stored.kind, stored.reason) == ("auth", "x:y")

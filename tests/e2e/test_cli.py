@@ -1163,7 +1163,8 @@ def test_health_is_unhealthy_only_when_every_account_is_paused(
         state.set_pause(
             scope="account",
             account="alice",
-            reason="account:account_needs_reauth",
+            kind="account",
+            reason="account_needs_reauth",
             until=now + dt.timedelta(hours=1),
             level=0,
             now=now,
@@ -1175,7 +1176,8 @@ def test_health_is_unhealthy_only_when_every_account_is_paused(
         state.set_pause(
             scope="account",
             account="bob",
-            reason="x_rate_limited:x_rate_limited",
+            kind="x_rate_limited",
+            reason="x_rate_limited",
             until=now + dt.timedelta(minutes=5),
             level=0,
             now=now,
@@ -1186,7 +1188,8 @@ def test_health_is_unhealthy_only_when_every_account_is_paused(
         state.set_pause(
             scope="account",
             account="bob",
-            reason="daily:x_daily_limit",
+            kind="daily",
+            reason="x_daily_limit",
             until=now + dt.timedelta(hours=20),
             level=0,
             now=now,
