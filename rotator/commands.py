@@ -56,6 +56,7 @@ from rotator.errors import (
     StateError,
     StateLockedError,
 )
+from rotator.heartbeat import read_heartbeat
 from rotator.images import FitSettings, describe, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit, library_warning, redact_text
@@ -77,7 +78,6 @@ from rotator.state import (
     WriteRecord,
     check_state_file,
     copy_state,
-    read_heartbeat,
     state_exists,
 )
 from rotator.systemd import SystemdNotifier

@@ -29,6 +29,7 @@ from rotator.config import AccountEntry, Settings, load_settings
 from rotator.control import ControlServer
 from rotator.cron import every_due
 from rotator.errors import ConfigError, RotatorError
+from rotator.heartbeat import EncodedJson, remove_heartbeat, write_heartbeat
 from rotator.images import FitSettings, ImageVerdict
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import (
@@ -47,13 +48,7 @@ from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
 from rotator.rotation import RotationResult, Rotator
 from rotator.scheduling import RotationScheduler, cron_missed_since
-from rotator.state import (
-    EncodedJson,
-    EntryState,
-    StateStore,
-    remove_heartbeat,
-    write_heartbeat,
-)
+from rotator.state import EntryState, StateStore
 from rotator.systemd import SystemdNotifier
 from rotator.watcher import FolderWatcher
 

@@ -32,7 +32,6 @@ import json
 import os
 import sqlite3
 import stat
-import tempfile
 import threading
 import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -45,8 +44,6 @@ from rotator.redaction import redact, redact_optional, safe_code
 
 DB_NAME = "rotator.db"
 LOCK_NAME = "rotator.lock"
-HEARTBEAT_NAME = "heartbeat.json"
-HEARTBEAT_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 5000
 MAX_MESSAGE_CHARS = 500  # a proxy's HTML error page must not bloat the history
@@ -1077,7 +1074,7 @@ def _pause_key(scope: PauseScope, account: str | None) -> tuple[str, str]:
     raise ValueError(f"a pause needs scope 'key', or scope 'account' with an account: {scope!r}")
 
 
-# --- heartbeat (a small file, not SQLite: `rotator health` must never wait on a lock) -------
+# --- copies ------------------------------------------------------------------------------
 
 
 def copy_state(source_dir: Path, dest_dir: Path) -> bool:
@@ -1101,66 +1098,3 @@ def copy_state(source_dir: Path, dest_dir: Path) -> bool:
     except sqlite3.Error as exc:
         raise StateError(f"cannot copy the state in {source_dir}: {exc}") from exc
     return True
-
-
-class EncodedJson(str):
-    """A summary value encoded once, written as is by every heartbeat until it changes."""
-
-    @classmethod
-    def of(cls, value: object) -> EncodedJson:
-        """Encode ``value`` as JSON."""
-        return cls(json.dumps(value, sort_keys=True))
-
-
-def write_heartbeat(state_dir: Path, now: dt.datetime, summary: Mapping[str, object]) -> None:
-    """Replace ``heartbeat.json`` in ``state_dir`` atomically with ``now`` and ``summary``."""
-    encoded = {key: value for key, value in summary.items() if isinstance(value, EncodedJson)}
-    plain = {key: f"\0{key}" if key in encoded else value for key, value in summary.items()}
-    body = json.dumps(
-        {"version": HEARTBEAT_VERSION, "time": _time_text(now), "summary": plain},
-        sort_keys=True,
-    )
-    for key, text in encoded.items():  # spliced in, not encoded again at every beat
-        body = body.replace(json.dumps(f"\0{key}"), text, 1)
-    tmp_name: str | None = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=state_dir, prefix=".heartbeat.", delete=False
-        ) as tmp:
-            tmp_name = tmp.name
-            tmp.write(body)
-        # No fsync: a heartbeat lost to a power cut is stale anyway.
-        os.replace(tmp_name, Path(state_dir) / HEARTBEAT_NAME)
-    except OSError as exc:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-        raise StateError(f"cannot write the heartbeat in {state_dir}: {exc}") from exc
-
-
-def read_heartbeat(state_dir: Path) -> tuple[dt.datetime, dict[str, object]] | None:
-    """Return the last heartbeat's time and summary, or None if there is none usable."""
-    try:
-        data = json.loads((Path(state_dir) / HEARTBEAT_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    version = data.get("version")
-    if isinstance(version, int) and version > HEARTBEAT_VERSION:
-        raise StateVersionError(
-            f"the heartbeat in {state_dir} was written by a newer rotator (version {version}; "
-            f"this one knows up to {HEARTBEAT_VERSION}); upgrade rotator"
-        )
-    summary = data.get("summary")
-    try:
-        when = _time_value(str(data["time"]))
-    except (KeyError, ValueError):
-        return None
-    return (when, summary) if isinstance(summary, dict) else None
-
-
-def remove_heartbeat(state_dir: Path) -> None:
-    """Delete the heartbeat (a clean stop), so no one takes an old pid for a live daemon."""
-    with contextlib.suppress(FileNotFoundError):
-        (Path(state_dir) / HEARTBEAT_NAME).unlink()

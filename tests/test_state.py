@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
 import signal
 import sqlite3
@@ -21,13 +20,10 @@ import pytest
 from rotator.errors import StateError, StateLockedError, StateVersionError
 from rotator.state import (
     DB_NAME,
-    HEARTBEAT_NAME,
     SCHEMA_VERSION,
     PauseScope,
     StateStore,
     WriteRecord,
-    read_heartbeat,
-    write_heartbeat,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -740,36 +736,6 @@ def test_cache_is_safe_from_worker_threads(tmp_path: Path) -> None:
         for worker in range(8):
             for i in range(100):
                 assert store.cache_get(f"w{worker}/{i}.png", i, worker) is not None
-
-
-# --- heartbeat ---------------------------------------------------------------------------
-
-
-def test_heartbeat_write_read_and_overwrite(tmp_path: Path) -> None:
-    """A heartbeat reads back as written; a later one replaces it and leaves no temp file."""
-    assert read_heartbeat(tmp_path) is None
-    write_heartbeat(tmp_path, T0, {"entries": 2, "paused": []})
-    assert read_heartbeat(tmp_path) == (T0, {"entries": 2, "paused": []})
-    write_heartbeat(tmp_path, at(30), {"entries": 3})
-    assert read_heartbeat(tmp_path) == (at(30), {"entries": 3})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [HEARTBEAT_NAME]
-
-
-def test_unreadable_heartbeat_is_none_and_newer_is_refused(tmp_path: Path) -> None:
-    """A corrupt heartbeat reads as None; one from a newer rotator raises StateVersionError."""
-    path = tmp_path / HEARTBEAT_NAME
-    for junk in ("{not json", "[]", '{"version": 1, "summary": {}}', '{"time": "x"}'):
-        path.write_text(junk)
-        assert read_heartbeat(tmp_path) is None, junk
-    path.write_text(json.dumps({"version": 99, "time": T0.isoformat(), "summary": {}}))
-    with pytest.raises(StateVersionError, match="version 99"):
-        read_heartbeat(tmp_path)
-
-
-def test_heartbeat_in_missing_dir_is_a_state_error(tmp_path: Path) -> None:
-    """Writing a heartbeat where the directory is gone raises StateError."""
-    with pytest.raises(StateError, match="heartbeat"):
-        write_heartbeat(tmp_path / "gone", T0, {})
 
 
 # --- schema 2: the write ledger ---------------------------------------------------------

@@ -17,7 +17,8 @@ from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
 
 import rotator
-from rotator.state import StateStore, write_heartbeat
+from rotator.heartbeat import write_heartbeat
+from rotator.state import StateStore
 
 COMMANDS = (
     "run",

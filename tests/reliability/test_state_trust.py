@@ -15,7 +15,8 @@ from fake_xquik import FakeXquik
 from harness import cli_env, make_image, run_cli, write_config
 from PIL import Image
 
-from rotator.state import DB_NAME, HEARTBEAT_NAME, StateStore
+from rotator.heartbeat import HEARTBEAT_NAME
+from rotator.state import DB_NAME, StateStore
 
 COMMANDS = (("run",), ("status",), ("status", "--json"), ("health",), ("plan",), ("resume",))
 
