@@ -405,7 +405,7 @@ def stagger_due_times(config: Path, state_dir: Path, span: float) -> None:
     All N come due within ``span`` (one hour, scaled with the window), in config order.
     """
     from rotator.config import load_settings  # noqa: PLC0415 - only this bench needs it
-    from rotator.state import StateStore  # noqa: PLC0415
+    from rotator.state import HistoryRow, StateStore  # noqa: PLC0415
 
     settings = load_settings(config, {})
     start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)  # the daemon's start-up
@@ -413,16 +413,19 @@ def stagger_due_times(config: Path, state_dir: Path, span: float) -> None:
     with StateStore.open(state_dir) as state:
         for number, entry in enumerate(settings.accounts):
             state.record_success(
-                entry_id=entry.entry_id,
-                account=entry.account,
-                image="0.png",
-                sha256="0" * 64,
-                source_sha256="0" * 64,
+                HistoryRow(
+                    time=start + dt.timedelta(seconds=number * step) - dt.timedelta(hours=24),
+                    entry_id=entry.entry_id,
+                    account=entry.account,
+                    image="0.png",
+                    sha256="0" * 64,
+                    source_sha256="0" * 64,
+                    request_id=None,
+                    status=200,
+                    duration_ms=0,
+                    outcome="success",
+                ),
                 shown_in_cycle=frozenset(),
-                request_id=None,
-                status=200,
-                duration_ms=0,
-                now=start + dt.timedelta(seconds=number * step) - dt.timedelta(hours=24),
             )
 
 

@@ -29,7 +29,7 @@ from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.planner import Position, advance, next_image
 from rotator.policy import Attempt, Decision, PolicySettings, decide, pause_of
-from rotator.state import StateStore, WriteRecord
+from rotator.state import HistoryRow, StateStore, WriteRecord
 
 ResultKind = Literal["uploaded", "would_upload", "skipped", "uncertain", "paused"]
 
@@ -393,58 +393,32 @@ class Rotator:
         Its exact input cannot be sent again, so the server cannot be asked under its
         key; it may have happened, and the history says so before anything new goes.
         """
-        self._mark_uncertain(
-            record,
-            error_code=None,
-            error="image changed",
-            status=None,
+        row = dataclasses.replace(
+            record.audit_row(self._clock(), "uncertain"),
             message="the image changed or went away before its unanswered write was replayed",
             request_id=record.request_id,
             attempt=0,
-            now=self._clock(),
         )
+        self._mark_uncertain(row, error="image changed")
 
     def _mark_uncertain(
         self,
-        record: WriteRecord,
+        row: HistoryRow,
         *,
-        error_code: str | None,
         error: str,
-        status: int | None,
-        message: str,
-        request_id: str | None,
-        attempt: int,
-        now: dt.datetime,
         shown_in_cycle: frozenset[str] | None = None,
-        action_id: str | None = None,
-        credits: int | None = None,
     ) -> None:
         """Record a write whose fate is unknown (history, entry flag) and log it."""
-        self.state.record_uncertain(
-            entry_id=record.entry_id,
-            account=record.account,
-            image=record.image,
-            sha256=record.sha256,
-            source_sha256=record.source_sha256,
-            error_code=error_code,
-            status=status,
-            message=message,
-            request_id=request_id,
-            attempt=attempt,
-            now=now,
-            shown_in_cycle=shown_in_cycle,
-            action_id=action_id,
-            credits=credits,
-        )
+        self.state.record_uncertain(row, shown_in_cycle=shown_in_cycle)
         emit(
             "avatar.uncertain",
-            account=record.account,
-            image=record.image,
+            account=row.account,
+            image=row.image,
             error=error,
-            status=status,
-            request_id=request_id,
-            action_id=action_id,
-            credits=credits or 0,
+            status=row.status,
+            request_id=row.request_id,
+            action_id=row.action_id,
+            credits=row.credits or 0,
         )
 
     def _pause_level(self, rot: _Rotation, outcome: Outcome) -> int:
@@ -487,20 +461,22 @@ class Rotator:
             self._pause(rot, decision)  # e.g. a failed record that is uncertain and throttled
         if decision.refuse_image and decision.action != "next_image":
             self._refuse(rot, decision, now)
+        row = dataclasses.replace(
+            record.audit_row(now, outcome.kind),
+            error_code=outcome.code,
+            status=outcome.status,
+            message=outcome.message,
+            request_id=outcome.request_id or record.request_id,
+            attempt=rot.tries,
+            action_id=action_id or None,
+            credits=credits,
+        )
         if decision.action == "uncertain":
             # It may have happened: move on rather than send the same image blindly.
             self._mark_uncertain(
-                record,
-                error_code=outcome.code or decision.reason,
+                dataclasses.replace(row, error_code=outcome.code or decision.reason),
                 error=decision.reason,
-                status=outcome.status,
-                message=outcome.message,
-                request_id=outcome.request_id or record.request_id,
-                attempt=rot.tries,
-                now=now,
                 shown_in_cycle=self._position_after(rot).shown_in_cycle,
-                action_id=action_id or None,
-                credits=credits,
             )
             return self._result(rot, "uncertain", decision.reason)
 
@@ -510,22 +486,11 @@ class Rotator:
             decision.action == "pause" and not decision.new_key
         )
         retry_in = decision.delay if decision.action in {"retry", "replay"} else None
+        if decision.action == "resume_later":
+            row = dataclasses.replace(row, outcome="unresolved")
         self.state.record_failure(
-            entry_id=entry.entry_id,
-            account=entry.account,
-            image=record.image,
-            sha256=record.sha256,
-            source_sha256=record.source_sha256,
-            outcome="unresolved" if decision.action == "resume_later" else outcome.kind,
-            error_code=outcome.code,
-            status=outcome.status,
-            message=outcome.message,
-            request_id=outcome.request_id or record.request_id,
-            attempt=rot.tries,
+            row,
             keep_pending=same_key,
-            now=now,
-            action_id=action_id or None,
-            credits=credits,
             shown_in_cycle=self._position_after(rot).shown_in_cycle if decision.move_on else None,
         )
         emit(
@@ -605,25 +570,29 @@ class Rotator:
         """Record the image as sent and the position after it, in one transaction."""
         if rot.record is None:  # a dry run: nothing was written
             image, payload = rot.ready()
-            name, sha256, source = image.relative, payload.sha256, payload.source_sha256
+            row = HistoryRow(
+                time=now,
+                entry_id=rot.entry.entry_id,
+                account=rot.entry.account,
+                image=image.relative,
+                sha256=payload.sha256,
+                source_sha256=payload.source_sha256,
+                outcome="success",
+                duration_ms=0,
+            )
         else:
-            name, sha256, source = rot.record.image, rot.record.sha256, rot.record.source_sha256
-        position = self._position_after(rot)
-        action = outcome.write_action if outcome else None
-        self.state.record_success(
-            entry_id=rot.entry.entry_id,
-            account=rot.entry.account,
-            image=name,
-            sha256=sha256,
-            source_sha256=source,
-            shown_in_cycle=position.shown_in_cycle,
-            request_id=outcome.request_id if outcome else None,
-            status=outcome.status if outcome else None,
-            duration_ms=outcome.duration_ms if outcome else 0,
-            now=now,
-            action_id=action.id if action and action.id else None,
-            credits=credits if outcome else None,
-        )
+            row = rot.record.audit_row(now, "success")
+        if outcome is not None:
+            action = outcome.write_action
+            row = dataclasses.replace(
+                row,
+                request_id=outcome.request_id,
+                status=outcome.status,
+                duration_ms=outcome.duration_ms,
+                action_id=action.id if action and action.id else None,
+                credits=credits,
+            )
+        self.state.record_success(row, shown_in_cycle=self._position_after(rot).shown_in_cycle)
 
     def _position_after(self, rot: _Rotation) -> Position:
         """Return the entry's position once the image being sent counts as sent."""

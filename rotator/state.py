@@ -159,8 +159,17 @@ class WriteRecord:
     last_status: str | None = None  # sending | accepted | ... | the last record's status
     request_id: str | None = None  # X-Request-Id of the write
 
-
-PendingWrite = WriteRecord  # the name older callers use
+    def audit_row(self, time: dt.datetime, outcome: str) -> HistoryRow:
+        """Return the history row of this write at ``time``, its details (answer, cost) empty."""
+        return HistoryRow(
+            time=time,
+            entry_id=self.entry_id,
+            account=self.account,
+            image=self.image,
+            sha256=self.sha256,
+            source_sha256=self.source_sha256,
+            outcome=outcome,
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -171,15 +180,15 @@ class HistoryRow:
     entry_id: str
     account: str
     image: str | None
-    sha256: str | None
-    source_sha256: str | None
-    outcome: str
-    error_code: str | None
-    status: int | None
-    request_id: str | None
-    message: str
-    attempt: int
-    duration_ms: int | None
+    sha256: str | None  # of the bytes sent
+    source_sha256: str | None  # of the file the bytes came from
+    outcome: str  # success | uncertain | unresolved | an Outcome kind
+    error_code: str | None = None
+    status: int | None = None  # HTTP status of the answer
+    request_id: str | None = None  # X-Request-Id of the write
+    message: str = ""  # short, one line, never the key
+    attempt: int = 1
+    duration_ms: int | None = None
     action_id: str | None = None  # the server's write-action id, when it gave one
     credits: int | None = None  # credits the write cost, by its record's billing
 
@@ -393,208 +402,86 @@ class StateStore:
         row["expires_at"] = _maybe_time(row["expires_at"])
         return WriteRecord(**row)
 
-    def record_success(
-        self,
-        *,
-        entry_id: str,
-        account: str,
-        image: str,
-        sha256: str,
-        source_sha256: str,
-        shown_in_cycle: frozenset[str],
-        request_id: str | None,
-        status: int | None,
-        duration_ms: int,
-        now: dt.datetime,
-        attempt: int = 1,
-        action_id: str | None = None,
-        credits: int | None = None,
-    ) -> None:
-        """Move the entry's position to ``image``, audit it and clear the pending write, at once."""
-        when = _time_text(now)
+    def record_success(self, row: HistoryRow, *, shown_in_cycle: frozenset[str]) -> None:
+        """Move the entry's position to the row's image, audit it and clear the pending write.
+
+        All at once, in one transaction; the row is audited as a ``success``.
+        """
+        when = _time_text(row.time)
         with self._write() as conn:
-            _touch_entry(conn, entry_id, account)
+            _touch_entry(conn, row.entry_id, row.account)
             conn.execute(
                 """UPDATE entries SET account = ?, last_image = ?, last_image_sha256 = ?,
                    last_success = ?, last_attempt = ?, last_error = NULL, uncertain = 0,
                    shown_in_cycle = ? WHERE entry_id = ?""",
-                (account, image, sha256, when, when, json.dumps(sorted(shown_in_cycle)), entry_id),
-            )
-            _audit(
-                conn,
-                HistoryRow(
-                    time=now,
-                    entry_id=entry_id,
-                    account=account,
-                    image=image,
-                    sha256=sha256,
-                    source_sha256=source_sha256,
-                    outcome="success",
-                    error_code=None,
-                    status=status,
-                    request_id=request_id,
-                    message="",
-                    attempt=attempt,
-                    duration_ms=duration_ms,
-                    action_id=action_id,
-                    credits=credits,
+                (
+                    row.account,
+                    row.image,
+                    row.sha256,
+                    when,
+                    when,
+                    json.dumps(sorted(shown_in_cycle)),
+                    row.entry_id,
                 ),
             )
-            conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
+            _audit(conn, dataclasses.replace(row, outcome="success"))
+            conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (row.entry_id,))
 
     def record_failure(
         self,
+        row: HistoryRow,
         *,
-        entry_id: str,
-        account: str,
-        image: str | None,
-        sha256: str | None,
-        source_sha256: str | None,
-        outcome: str,
-        error_code: str | None,
-        status: int | None,
-        message: str,
-        request_id: str | None,
-        attempt: int,
         keep_pending: bool,
-        now: dt.datetime,
-        duration_ms: int | None = None,
-        action_id: str | None = None,
-        credits: int | None = None,
         shown_in_cycle: frozenset[str] | None = None,
     ) -> None:
         """Audit a failed attempt and set ``last_error``; the position does not move.
 
         ``keep_pending`` keeps the pending write (no answer came: replay it later with the
         same Idempotency-Key); otherwise it is cleared. With ``shown_in_cycle`` the
-        position moves past ``image`` (the server said that input cannot succeed).
+        position moves past the row's image (the server said that input cannot succeed).
         """
-        self._record_unsuccessful(
-            entry_id=entry_id,
-            account=account,
-            image=image,
-            sha256=sha256,
-            source_sha256=source_sha256,
-            outcome=outcome,
-            error_code=error_code,
-            status=status,
-            message=message,
-            request_id=request_id,
-            attempt=attempt,
-            duration_ms=duration_ms,
-            now=now,
-            keep_pending=keep_pending,
-            uncertain=False,
-            moved_to=None if shown_in_cycle is None else (image, sha256, shown_in_cycle),
-            action_id=action_id,
-            credits=credits,
-        )
+        self._record_unsuccessful(row, keep_pending, False, shown_in_cycle)
 
     def record_uncertain(
-        self,
-        *,
-        entry_id: str,
-        account: str,
-        image: str | None,
-        sha256: str | None,
-        source_sha256: str | None,
-        error_code: str | None,
-        status: int | None,
-        message: str,
-        request_id: str | None,
-        attempt: int,
-        now: dt.datetime,
-        duration_ms: int | None = None,
-        shown_in_cycle: frozenset[str] | None = None,
-        action_id: str | None = None,
-        credits: int | None = None,
+        self, row: HistoryRow, *, shown_in_cycle: frozenset[str] | None = None
     ) -> None:
-        """Audit a write whose outcome is unknown and flag the entry.
+        """Audit a write whose outcome is unknown (as ``uncertain``) and flag the entry.
 
-        With ``shown_in_cycle`` the position moves past ``image`` in the same transaction
-        (the write may have happened: sending it again would be a blind resend), but
-        ``last_success`` stays as it was.
+        With ``shown_in_cycle`` the position moves past the row's image in the same
+        transaction (the write may have happened: sending it again would be a blind
+        resend), but ``last_success`` stays as it was.
         """
-        self._record_unsuccessful(
-            entry_id=entry_id,
-            account=account,
-            image=image,
-            sha256=sha256,
-            source_sha256=source_sha256,
-            outcome="uncertain",
-            error_code=error_code,
-            status=status,
-            message=message,
-            request_id=request_id,
-            attempt=attempt,
-            duration_ms=duration_ms,
-            now=now,
-            keep_pending=False,
-            uncertain=True,
-            moved_to=None if shown_in_cycle is None else (image, sha256, shown_in_cycle),
-            action_id=action_id,
-            credits=credits,
-        )
+        row = dataclasses.replace(row, outcome="uncertain")
+        self._record_unsuccessful(row, False, True, shown_in_cycle)
 
     def _record_unsuccessful(
         self,
-        *,
-        entry_id: str,
-        account: str,
-        image: str | None,
-        sha256: str | None,
-        source_sha256: str | None,
-        outcome: str,
-        error_code: str | None,
-        status: int | None,
-        message: str,
-        request_id: str | None,
-        attempt: int,
-        duration_ms: int | None,
-        now: dt.datetime,
+        row: HistoryRow,
         keep_pending: bool,
         uncertain: bool,
-        moved_to: tuple[str | None, str | None, frozenset[str]] | None = None,
-        action_id: str | None = None,
-        credits: int | None = None,
+        shown_in_cycle: frozenset[str] | None,
     ) -> None:
-        when = _time_text(now)
         with self._write() as conn:
-            _touch_entry(conn, entry_id, account)
+            _touch_entry(conn, row.entry_id, row.account)
             conn.execute(
                 """UPDATE entries SET last_attempt = ?, last_error = ?, uncertain = ?
                    WHERE entry_id = ?""",
-                (when, _error_line(error_code, message), int(uncertain), entry_id),
+                (
+                    _time_text(row.time),
+                    _error_line(row.error_code, row.message),
+                    int(uncertain),
+                    row.entry_id,
+                ),
             )
-            if moved_to is not None:
-                last_image, last_sha256, shown = moved_to
+            if shown_in_cycle is not None:
                 conn.execute(
                     """UPDATE entries SET last_image = ?, last_image_sha256 = ?,
                        shown_in_cycle = ? WHERE entry_id = ?""",
-                    (last_image, last_sha256, json.dumps(sorted(shown)), entry_id),
+                    (row.image, row.sha256, json.dumps(sorted(shown_in_cycle)), row.entry_id),
                 )
-            _audit(
-                conn,
-                HistoryRow(
-                    time=now,
-                    entry_id=entry_id,
-                    account=account,
-                    image=image,
-                    sha256=sha256,
-                    source_sha256=source_sha256,
-                    outcome=outcome,
-                    error_code=error_code,
-                    status=status,
-                    request_id=request_id,
-                    message=message,
-                    attempt=attempt,
-                    duration_ms=duration_ms,
-                    action_id=action_id,
-                    credits=credits,
-                ),
-            )
+            _audit(conn, row)
             if not keep_pending:
-                conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (entry_id,))
+                conn.execute("DELETE FROM pending_writes WHERE entry_id = ?", (row.entry_id,))
 
     def history(
         self,

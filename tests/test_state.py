@@ -21,6 +21,7 @@ from rotator.errors import StateError, StateLockedError, StateVersionError
 from rotator.state import (
     DB_NAME,
     SCHEMA_VERSION,
+    HistoryRow,
     PauseScope,
     StateStore,
     WriteRecord,
@@ -39,35 +40,40 @@ def at(seconds: float) -> dt.datetime:
 def success(store: StateStore, image: str, now: dt.datetime, entry: str = ENTRY) -> None:
     """Record a successful write of ``image`` for ``entry``."""
     store.record_success(
-        entry_id=entry,
-        account="alice",
-        image=image,
-        sha256=f"sent-{image}",
-        source_sha256=f"src-{image}",
+        HistoryRow(
+            time=now,
+            entry_id=entry,
+            account="alice",
+            image=image,
+            sha256=f"sent-{image}",
+            source_sha256=f"src-{image}",
+            request_id=f"req-{image}",
+            status=200,
+            duration_ms=120,
+            outcome="success",
+        ),
         shown_in_cycle=frozenset({image}),
-        request_id=f"req-{image}",
-        status=200,
-        duration_ms=120,
-        now=now,
     )
 
 
 def failure(store: StateStore, now: dt.datetime, *, keep_pending: bool = False) -> None:
     """Record a rate-limited attempt for ENTRY."""
     store.record_failure(
-        entry_id=ENTRY,
-        account="alice",
-        image="b.png",
-        sha256="sent-b",
-        source_sha256="src-b",
-        outcome="error",
-        error_code="x_rate_limited",
-        status=429,
-        message="slow   down",
-        request_id="req-fail",
-        attempt=2,
+        HistoryRow(
+            time=now,
+            entry_id=ENTRY,
+            account="alice",
+            image="b.png",
+            sha256="sent-b",
+            source_sha256="src-b",
+            outcome="error",
+            error_code="x_rate_limited",
+            status=429,
+            message="slow   down",
+            request_id="req-fail",
+            attempt=2,
+        ),
         keep_pending=keep_pending,
-        now=now,
     )
 
 
@@ -316,16 +322,19 @@ def test_success_round_trip_survives_reopen(tmp_path: Path) -> None:
     local = dt.datetime(2026, 7, 1, 14, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     with StateStore.open(tmp_path) as store:
         store.record_success(
-            entry_id=ENTRY,
-            account="alice",
-            image="sub/b.png",
-            sha256="sent-b",
-            source_sha256="src-b",
+            HistoryRow(
+                time=local,
+                entry_id=ENTRY,
+                account="alice",
+                image="sub/b.png",
+                sha256="sent-b",
+                source_sha256="src-b",
+                request_id="req-1",
+                status=200,
+                duration_ms=321,
+                outcome="success",
+            ),
             shown_in_cycle=frozenset({"a.png", "sub/b.png"}),
-            request_id="req-1",
-            status=200,
-            duration_ms=321,
-            now=local,
         )
     with StateStore.open(tmp_path) as store:
         state = store.entry(ENTRY)
@@ -380,17 +389,20 @@ def test_success_clears_pending_error_and_uncertain(tmp_path: Path) -> None:
     with StateStore.open(tmp_path) as store:
         begin(store, "a.png", "key-a", T0)
         store.record_uncertain(
-            entry_id=ENTRY,
-            account="alice",
-            image="a.png",
-            sha256="sent-a",
-            source_sha256="src-a",
-            error_code="x_write_ambiguous",
-            status=500,
-            message="could not confirm",
-            request_id="req-u",
-            attempt=1,
-            now=at(1),
+            HistoryRow(
+                time=at(1),
+                entry_id=ENTRY,
+                account="alice",
+                image="a.png",
+                sha256="sent-a",
+                source_sha256="src-a",
+                error_code="x_write_ambiguous",
+                status=500,
+                message="could not confirm",
+                request_id="req-u",
+                attempt=1,
+                outcome="uncertain",
+            )
         )
         state = store.entry(ENTRY)
         assert state.uncertain
@@ -461,19 +473,21 @@ def test_failure_without_code_or_message_still_names_an_error(tmp_path: Path) ->
     """A failure with no code and no message leaves a readable last_error."""
     with StateStore.open(tmp_path) as store:
         store.record_failure(
-            entry_id=ENTRY,
-            account="alice",
-            image=None,
-            sha256=None,
-            source_sha256=None,
-            outcome="not_sent",
-            error_code=None,
-            status=None,
-            message="",
-            request_id=None,
-            attempt=1,
+            HistoryRow(
+                time=T0,
+                entry_id=ENTRY,
+                account="alice",
+                image=None,
+                sha256=None,
+                source_sha256=None,
+                outcome="not_sent",
+                error_code=None,
+                status=None,
+                message="",
+                request_id=None,
+                attempt=1,
+            ),
             keep_pending=False,
-            now=T0,
         )
         assert store.entry(ENTRY).last_error == "unknown error"
         assert store.history()[0].image is None
@@ -494,12 +508,12 @@ CRASH_AFTER_BEGIN = """
     import os, signal, sys
     import datetime as dt
     from pathlib import Path
-    from rotator.state import StateStore
+    from rotator.state import HistoryRow, StateStore
     t0 = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
     store = StateStore.open(Path(sys.argv[1]))
-    store.record_success(entry_id="e", account="alice", image="a.png", sha256="sa",
-        source_sha256="ra", shown_in_cycle=frozenset({"a.png"}), request_id="r1",
-        status=200, duration_ms=5, now=t0)
+    store.record_success(HistoryRow(time=t0, entry_id="e", account="alice", image="a.png",
+        sha256="sa", source_sha256="ra", outcome="success", request_id="r1", status=200,
+        duration_ms=5), shown_in_cycle=frozenset({"a.png"}))
     store.begin_write(entry_id="e", account="alice", image="b.png", sha256="sb",
         source_sha256="rb", idempotency_key="key-b", rotation_id="rot-2", now=t0)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -528,7 +542,7 @@ SUCCESS_LOOP = """
     import sys
     import datetime as dt
     from pathlib import Path
-    from rotator.state import StateStore
+    from rotator.state import HistoryRow, StateStore
     t0 = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
     store = StateStore.open(Path(sys.argv[1]))
     for i in range(1_000_000):
@@ -536,9 +550,10 @@ SUCCESS_LOOP = """
         store.begin_write(entry_id="e", account="alice", image=image, sha256=image,
             source_sha256=image, idempotency_key=f"k{i}", rotation_id=f"r{i}",
             now=t0 + dt.timedelta(seconds=i))
-        store.record_success(entry_id="e", account="alice", image=image, sha256=image,
-            source_sha256=image, shown_in_cycle=frozenset({image}), request_id=f"q{i}",
-            status=200, duration_ms=1, now=t0 + dt.timedelta(seconds=i))
+        store.record_success(HistoryRow(time=t0 + dt.timedelta(seconds=i), entry_id="e",
+            account="alice", image=image, sha256=image, source_sha256=image,
+            outcome="success", request_id=f"q{i}", status=200, duration_ms=1),
+            shown_in_cycle=frozenset({image}))
         print(i, flush=True)
 """
 
@@ -597,19 +612,21 @@ def test_history_message_is_one_short_line(tmp_path: Path) -> None:
     body = "<html>\n<body>Bad Gateway</body>\n</html>" * 100
     with StateStore.open(tmp_path) as store:
         store.record_failure(
-            entry_id=ENTRY,
-            account="alice",
-            image="a.png",
-            sha256="s",
-            source_sha256="r",
-            outcome="error",
-            error_code=None,
-            status=502,
-            message=body,
-            request_id=None,
-            attempt=1,
+            HistoryRow(
+                time=T0,
+                entry_id=ENTRY,
+                account="alice",
+                image="a.png",
+                sha256="s",
+                source_sha256="r",
+                outcome="error",
+                error_code=None,
+                status=502,
+                message=body,
+                request_id=None,
+                attempt=1,
+            ),
             keep_pending=False,
-            now=T0,
         )
         message = store.history()[0].message
         assert "\n" not in message
@@ -840,19 +857,22 @@ def test_history_keeps_the_action_id_and_credits_of_a_write(tmp_path: Path) -> N
     """Success and uncertain rows carry the write action's id and the credits it cost."""
     with StateStore.open(tmp_path) as store:
         store.record_uncertain(
-            entry_id=ENTRY,
-            account="alice",
-            image="a.png",
-            sha256="b1",
-            source_sha256="s1",
-            error_code="x_write_failed",
-            status=200,
-            message="failed",
-            request_id="req_1",
-            attempt=1,
-            now=T0,
-            action_id="xwa_9",
-            credits=0,
+            HistoryRow(
+                time=T0,
+                entry_id=ENTRY,
+                account="alice",
+                image="a.png",
+                sha256="b1",
+                source_sha256="s1",
+                error_code="x_write_failed",
+                status=200,
+                message="failed",
+                request_id="req_1",
+                attempt=1,
+                action_id="xwa_9",
+                credits=0,
+                outcome="uncertain",
+            )
         )
         (row,) = store.history()
     assert (row.outcome, row.action_id, row.credits) == ("uncertain", "xwa_9", 0)
