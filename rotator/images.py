@@ -8,7 +8,7 @@ Decoding is serialised by a lock so at most one large image is in memory at a ti
 
 Memory: before anything is decoded, the header's size and mode say how much the pixels
 take (``width x height x bytes per pixel``). Over ``max_decoded_bytes`` a JPEG is decoded
-at 1/2, 1/4 or 1/8 scale (draft mode) and anything else is refused; fitting reduces the
+at 1/2, 1/4 or 1/8 scale (draft mode) and anything else is rejected; fitting reduces the
 decoded image at once (``Image.reduce``), so a fit peaks near twice the budget.
 
 Warnings of Pillow (the ``warnings`` module) and of libtiff (written straight to file
@@ -146,14 +146,14 @@ class ImageVerdict:
     """
 
     usable: bool
-    reason: str | None
-    format: str | None
-    mime: str | None
+    reason: str | None  # why it is not usable; None when it is
     size_bytes: int
-    width: int | None
-    height: int | None
-    sha256: str | None
-    needs_fit: bool
+    format: str | None = None
+    mime: str | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    needs_fit: bool = False
     settings_key: str = ""
 
 
@@ -177,16 +177,7 @@ class FittedImage:
 def rejected_verdict(reason: str, size_bytes: int = 0, settings_key: str = "") -> ImageVerdict:
     """Return an unusable verdict for a file that was not (or could not be) decoded."""
     return ImageVerdict(
-        usable=False,
-        reason=reason,
-        format=None,
-        mime=None,
-        size_bytes=size_bytes,
-        width=None,
-        height=None,
-        sha256=None,
-        needs_fit=False,
-        settings_key=settings_key,
+        usable=False, reason=reason, size_bytes=size_bytes, settings_key=settings_key
     )
 
 
@@ -210,26 +201,31 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
     """Fully decode in-memory file bytes and judge them against ``settings``."""
     digest = hashlib.sha256(data).hexdigest()
 
-    def rejected(
-        reason: str, fmt: str | None = None, size: tuple[int, int] | None = None
+    def verdict(
+        reason: str | None,
+        fmt: str | None = None,
+        size: tuple[int, int] | None = None,
+        mime: str | None = None,
+        needs_fit: bool = False,
     ) -> ImageVerdict:
+        """Return the verdict on these bytes: usable when no reason speaks against them."""
         return ImageVerdict(
-            usable=False,
+            usable=reason is None,
             reason=reason,
             format=fmt,
-            mime=None,
+            mime=mime,
             size_bytes=len(data),
             width=size[0] if size else None,
             height=size[1] if size else None,
             sha256=digest,
-            needs_fit=False,
+            needs_fit=needs_fit,
             settings_key=settings.verdict_key,
         )
 
     if not data:
-        return rejected("empty file")
+        return verdict("empty file")
     if len(data) > settings.max_source_bytes:
-        return rejected(f"larger than max_source_bytes ({human_bytes(len(data))})")
+        return verdict(f"larger than max_source_bytes ({human_bytes(len(data))})")
     fmt: str | None = None
     size: tuple[int, int] | None = None
     compression: object = None
@@ -239,9 +235,9 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
                 fmt = _format_name(probe.format)
                 size = probe.size
                 compression = probe.info.get("compression")
-                refusal = _header_refusal(probe, fmt, data, settings)
-                if refusal is not None:
-                    return rejected(refusal, fmt, size)
+                problem = _header_problem(probe, fmt, data, settings)
+                if problem is not None:
+                    return verdict(problem, fmt, size)
                 # verify() walks every chunk and checksum (catches PNGs that load() accepts
                 # while their tail is missing); it leaves the image unusable, so reopen.
                 probe.verify()
@@ -251,19 +247,19 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
                     image.draft(image.mode, (-(-size[0] // factor), -(-size[1] // factor)))
                 image.load()
                 transparent = image.has_transparency_data
-                refusal = _decoded_refusal(image, fmt)
-                if refusal is not None:
-                    return rejected(refusal, fmt, size)
+                problem = _decoded_problem(image, fmt)
+                if problem is not None:
+                    return verdict(problem, fmt, size)
     except UnidentifiedImageError:
         kind = "text file" if _looks_like_text(data) else "unknown or unsupported format"
-        return rejected(f"not an image ({kind})")
+        return verdict(f"not an image ({kind})")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return rejected("decompression bomb", fmt, size)
+        return verdict("decompression bomb", fmt, size)
     except MemoryError:
-        return rejected("too large to decode", fmt, size)
+        return verdict("too large to decode", fmt, size)
     except Exception as exc:  # Pillow raises many types on corrupt input
         named = fmt or _sniff_format(data)
-        return rejected(_failure_reason(exc, named, compression), fmt, size)
+        return verdict(_failure_reason(exc, named, compression), fmt, size)
 
     # Both are set before the decode can succeed.
     assert fmt is not None
@@ -277,22 +273,10 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
                 f"over {human_bytes(settings.max_bytes)} ({human_bytes(len(data))}) "
                 "and fitting is off"
             )
-        return rejected(reason, fmt, size)
+        return verdict(reason, fmt, size)
     needs_fit = settings.fit == "always" or not sendable
     sent_format = ("png" if transparent else "jpeg") if needs_fit else fmt
-    mime = SENDABLE_MIME[sent_format]
-    return ImageVerdict(
-        usable=True,
-        reason=None,
-        format=fmt,
-        mime=mime,
-        size_bytes=len(data),
-        width=size[0],
-        height=size[1],
-        sha256=digest,
-        needs_fit=needs_fit,
-        settings_key=settings.verdict_key,
-    )
+    return verdict(None, fmt, size, SENDABLE_MIME[sent_format], needs_fit)
 
 
 def fit_image(source: Path, settings: FitSettings) -> FittedImage:
@@ -396,16 +380,21 @@ def _read_bounded(path: Path, limit: int) -> tuple[bytes | None, str | None, int
     try:
         # O_NONBLOCK: opening a FIFO someone dropped in the folder must not hang us.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        return None, "vanished while reading", 0
-    except PermissionError:
-        return None, "unreadable: permission denied", 0
     except OSError as exc:
-        return None, f"unreadable: {(exc.strerror or str(exc)).lower()}", 0
+        return None, _unreadable(exc), 0
     try:
         return read_open_file(fd, limit)
     finally:
         os.close(fd)
+
+
+def _unreadable(exc: OSError) -> str:
+    """Say why a file could not be opened or read, the same words either way."""
+    if isinstance(exc, FileNotFoundError):
+        return "vanished while reading"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    return f"unreadable: {(exc.strerror or str(exc)).lower()}"
 
 
 def read_open_file(fd: int, limit: int) -> tuple[bytes | None, str | None, int]:
@@ -429,12 +418,8 @@ def read_open_file(fd: int, limit: int) -> tuple[bytes | None, str | None, int]:
                 break
             chunks.append(chunk)
             total += len(chunk)
-    except FileNotFoundError:
-        return None, "vanished while reading", 0
-    except PermissionError:
-        return None, "unreadable: permission denied", 0
     except OSError as exc:
-        return None, f"unreadable: {(exc.strerror or str(exc)).lower()}", 0
+        return None, _unreadable(exc), 0
     data = b"".join(chunks)
     if len(data) > limit:
         return None, _too_large(len(data), limit), len(data)
@@ -537,7 +522,7 @@ def _draft_factor(image: Image.Image, settings: FitSettings) -> int:
     return _DRAFT_FACTORS[-1]
 
 
-def _header_refusal(probe: Image.Image, fmt: str, data: bytes, settings: FitSettings) -> str | None:
+def _header_problem(probe: Image.Image, fmt: str, data: bytes, settings: FitSettings) -> str | None:
     """Return why the header alone rules the image out (size, memory, a broken BMP), or None."""
     width, height = probe.size
     if fmt == "bmp":
@@ -567,7 +552,7 @@ def _header_refusal(probe: Image.Image, fmt: str, data: bytes, settings: FitSett
     return None
 
 
-def _decoded_refusal(image: Image.Image, fmt: str) -> str | None:
+def _decoded_problem(image: Image.Image, fmt: str) -> str | None:
     """Return what the decoded pixels show wrong (a BMP palette index past its end), or None."""
     if fmt == "bmp" and image.mode == "P" and image.palette is not None:
         colours = len(image.palette.colors) or len(image.palette.tobytes()) // 3

@@ -134,18 +134,17 @@ class PauseBoard:
             self._store(extended)
             self._arm(extended)
             return extended
-        level = self.level_for(scope, account, kind)
         pause = ActivePause(
             scope=scope,
             account=account,
             kind=kind,
             reason=reason,
             until=until,
-            level=level,
+            level=self.level_for(scope, account, kind),
             started=current.started if current is not None else now,
         )
         self._store(pause)
-        self._levels[(scope, account, kind)] = level + 1
+        self._levels[(scope, account, kind)] = pause.level + 1
         if current is None:
             emit(
                 "pause.started",

@@ -498,10 +498,10 @@ class Rotator:
             account=entry.account,
             image=record.image,
             error=decision.reason,
+            retry_in_s=None if retry_in is None else round(retry_in, 3),
             status=outcome.status,
             message=outcome.message,
             attempt=rot.tries,
-            retry_in_s=None if retry_in is None else round(retry_in, 3),
             action=decision.action,
             action_id=action_id or None,
         )

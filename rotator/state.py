@@ -6,7 +6,7 @@ imports ``sqlite3`` (and ``fcntl``, for the one-daemon-per-directory lock).
 Durability: WAL journal with ``synchronous=FULL`` and one short transaction per write
 (``BEGIN IMMEDIATE`` … ``COMMIT``, never a long-lived open transaction), so a ``kill -9``
 or a power cut at any moment keeps every committed row. A write is recorded *before* the
-request leaves (``begin_write``) and its result in one transaction (``record_success``):
+request leaves (``save_write``) and its result in one transaction (``record_success``):
 after a crash the next image is the one after the last success, or the pending one again,
 replayed with the same Idempotency-Key.
 
@@ -343,34 +343,6 @@ class StateStore:
             conn.execute(
                 "UPDATE entries SET last_fire = ? WHERE entry_id = ?", (_time_text(now), entry_id)
             )
-
-    def begin_write(
-        self,
-        *,
-        entry_id: str,
-        account: str,
-        image: str,
-        sha256: str,
-        source_sha256: str,
-        idempotency_key: str,
-        rotation_id: str,
-        now: dt.datetime,
-    ) -> None:
-        """Record a write before its request is sent, replacing any pending one."""
-        self.save_write(
-            WriteRecord(
-                entry_id=entry_id,
-                account=account,
-                image=image,
-                sha256=sha256,
-                source_sha256=source_sha256,
-                idempotency_key=idempotency_key,
-                rotation_id=rotation_id,
-                started=now,
-                last_status="sending",
-            ),
-            now=now,
-        )
 
     def save_write(self, record: WriteRecord, *, now: dt.datetime) -> None:
         """Keep ``record`` as the entry's pending write (before the send, and on each change)."""

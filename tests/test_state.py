@@ -79,14 +79,18 @@ def failure(store: StateStore, now: dt.datetime, *, keep_pending: bool = False) 
 
 def begin(store: StateStore, image: str, key: str, now: dt.datetime) -> None:
     """Record a pending write of ``image`` for ENTRY."""
-    store.begin_write(
-        entry_id=ENTRY,
-        account="alice",
-        image=image,
-        sha256=f"sent-{image}",
-        source_sha256=f"src-{image}",
-        idempotency_key=key,
-        rotation_id="rot-1",
+    store.save_write(
+        WriteRecord(
+            entry_id=ENTRY,
+            account="alice",
+            image=image,
+            sha256=f"sent-{image}",
+            source_sha256=f"src-{image}",
+            idempotency_key=key,
+            rotation_id="rot-1",
+            started=now,
+            last_status="sending",
+        ),
         now=now,
     )
 
@@ -368,7 +372,7 @@ def test_record_fire_round_trip(tmp_path: Path) -> None:
 
 
 def test_pending_write_round_trip_and_replace(tmp_path: Path) -> None:
-    """begin_write stores one pending write per entry; a second one replaces the first."""
+    """save_write stores one pending write per entry; a second one replaces the first."""
     with StateStore.open(tmp_path) as store:
         begin(store, "a.png", "key-a", T0)
         begin(store, "b.png", "key-b", at(5))
@@ -508,20 +512,20 @@ CRASH_AFTER_BEGIN = """
     import os, signal, sys
     import datetime as dt
     from pathlib import Path
-    from rotator.state import HistoryRow, StateStore
+    from rotator.state import HistoryRow, StateStore, WriteRecord
     t0 = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
     store = StateStore.open(Path(sys.argv[1]))
     store.record_success(HistoryRow(time=t0, entry_id="e", account="alice", image="a.png",
         sha256="sa", source_sha256="ra", outcome="success", request_id="r1", status=200,
         duration_ms=5), shown_in_cycle=frozenset({"a.png"}))
-    store.begin_write(entry_id="e", account="alice", image="b.png", sha256="sb",
-        source_sha256="rb", idempotency_key="key-b", rotation_id="rot-2", now=t0)
+    store.save_write(WriteRecord(entry_id="e", account="alice", image="b.png", sha256="sb",
+        source_sha256="rb", idempotency_key="key-b", rotation_id="rot-2", started=t0), now=t0)
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
 def test_crash_between_begin_and_success_keeps_pending_and_old_position(tmp_path: Path) -> None:
-    """kill -9 after begin_write leaves the old position and the pending write with its key."""
+    """kill -9 after save_write leaves the old position and the pending write with its key."""
     child = spawn(CRASH_AFTER_BEGIN, str(tmp_path))
     _, err = child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL, err
@@ -542,14 +546,15 @@ SUCCESS_LOOP = """
     import sys
     import datetime as dt
     from pathlib import Path
-    from rotator.state import HistoryRow, StateStore
+    from rotator.state import HistoryRow, StateStore, WriteRecord
     t0 = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
     store = StateStore.open(Path(sys.argv[1]))
     for i in range(1_000_000):
         image = f"img{i:07d}.png"
-        store.begin_write(entry_id="e", account="alice", image=image, sha256=image,
-            source_sha256=image, idempotency_key=f"k{i}", rotation_id=f"r{i}",
-            now=t0 + dt.timedelta(seconds=i))
+        when = t0 + dt.timedelta(seconds=i)
+        store.save_write(WriteRecord(entry_id="e", account="alice", image=image, sha256=image,
+            source_sha256=image, idempotency_key=f"k{i}", rotation_id=f"r{i}", started=when),
+            now=when)
         store.record_success(HistoryRow(time=t0 + dt.timedelta(seconds=i), entry_id="e",
             account="alice", image=image, sha256=image, source_sha256=image,
             outcome="success", request_id=f"q{i}", status=200, duration_ms=1),

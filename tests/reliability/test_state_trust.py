@@ -16,7 +16,7 @@ from harness import cli_env, make_image, run_cli, write_config
 from PIL import Image
 
 from rotator.heartbeat import HEARTBEAT_NAME
-from rotator.state import DB_NAME, StateStore
+from rotator.state import DB_NAME, StateStore, WriteRecord
 
 COMMANDS = (("run",), ("status",), ("status", "--json"), ("health",), ("plan",), ("resume",))
 
@@ -33,14 +33,18 @@ def _setup(tmp_path: Path, server: FakeXquik) -> tuple[Path, Path, dict[str, str
 
 def _state_with_a_position(state_dir: Path) -> None:
     with StateStore.open(state_dir) as state:
-        state.begin_write(
-            entry_id="alice:x",
-            account="alice",
-            image="a.png",
-            sha256="0" * 64,
-            source_sha256="0" * 64,
-            idempotency_key="k",
-            rotation_id="r",
+        state.save_write(
+            WriteRecord(
+                entry_id="alice:x",
+                account="alice",
+                image="a.png",
+                sha256="0" * 64,
+                source_sha256="0" * 64,
+                idempotency_key="k",
+                rotation_id="r",
+                started=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                last_status="sending",
+            ),
             now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         )
         for n in range(300):  # enough rows for several pages
