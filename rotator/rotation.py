@@ -31,7 +31,10 @@ from rotator.planner import Position, advance, next_image
 from rotator.policy import Attempt, Decision, PolicySettings, decide, pause_of
 from rotator.state import HistoryRow, StateStore, WriteRecord
 
-ResultKind = Literal["uploaded", "would_upload", "skipped", "uncertain", "paused"]
+# One kind per way a rotation ends, each named as its log event is (``avatar.uploaded``,
+# ``avatar.would_upload``, ``rotation.skipped``, ``rotation.interrupted``, ``avatar.uncertain``)
+# or, for "paused", as the pause that held it (``pause.started``).
+ResultKind = Literal["uploaded", "would_upload", "skipped", "interrupted", "uncertain", "paused"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -270,7 +273,7 @@ class Rotator:
             return None
         # Not "skipped": nothing went wrong with it, the daemon (or its entry) is going away.
         emit("rotation.interrupted", account=rot.entry.account, reason=why)
-        return self._result(rot, "skipped", why)
+        return self._result(rot, "interrupted", why)
 
     def _account_lock(self, account: str) -> asyncio.Lock:
         lock = self._account_locks.get(account)
@@ -608,7 +611,7 @@ class Rotator:
     @staticmethod
     def _result(rot: _Rotation, kind: ResultKind, reason: str) -> RotationResult:
         image = rot.record.image if rot.record is not None else None
-        if rot.image is not None and (image is None or kind == "skipped"):
+        if rot.image is not None and (image is None or kind in {"skipped", "interrupted"}):
             image = rot.image.relative
         return RotationResult(
             entry_id=rot.entry.entry_id,

@@ -177,6 +177,18 @@ def test_success_moves_on_and_counts_the_credits_the_record_charged(rig: Rig) ->
     assert rig.events("avatar.uploaded")[0]["credits"] == 10
 
 
+def test_a_rotation_stopped_before_its_write_is_interrupted_not_skipped(rig: Rig) -> None:
+    """A stop before the write ends it as "interrupted", as logged; nothing is sent or moved."""
+    result = rig.rotate(stop_reason=lambda: "shutting down")
+    assert (result.kind, result.reason, result.ok) == ("interrupted", "shutting down", False)
+    assert [e["reason"] for e in rig.events("rotation.interrupted")] == ["shutting down"]
+    assert rig.events("rotation.skipped") == []
+    assert rig.fake.writes() == []
+    with rig.state() as state:
+        assert state.entry(rig.entry.entry_id).last_image is None
+        assert state.history() == []
+
+
 def test_an_uncharged_success_counts_no_credits(rig: Rig) -> None:
     """billing.charged false: the write cost nothing, whatever credits_per_call says."""
     rig.fake.script(Reply(durable_pending=True, polls_until_terminal=0, charged=False))
