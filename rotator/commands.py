@@ -57,7 +57,7 @@ from rotator.errors import (
     StateLockedError,
 )
 from rotator.heartbeat import read_heartbeat
-from rotator.images import FitSettings, describe, fit_image_bytes, set_library_sink
+from rotator.images import FitSettings, check_line, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
 from rotator.logs import add_secret, configure, emit, library_warning, redact_text
 from rotator.names import escape_name
@@ -308,12 +308,12 @@ def check(args: argparse.Namespace) -> int:
 def _describe_usable(catalog: Catalog, image: CatalogImage, fits: FitSettings) -> dict[str, str]:
     """Return a usable file's line; one that needs fitting is fitted, to show the result."""
     if not image.verdict.needs_fit:
-        return {"path": image.relative, "state": "ok", "detail": describe(image.verdict)}
+        return {"path": image.relative, "state": "ok", "detail": check_line(image.verdict)}
     try:
         fitted = fit_image_bytes(catalog.read_image(image), fits)
     except ImageError as exc:
         return {"path": image.relative, "state": "rejected", "detail": f"rejected: {exc}"}
-    return {"path": image.relative, "state": "fitted", "detail": describe(fitted)}
+    return {"path": image.relative, "state": "fitted", "detail": check_line(fitted)}
 
 
 def _scanned_catalogs(settings: Settings) -> dict[Path, Catalog]:

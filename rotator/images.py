@@ -350,7 +350,7 @@ def fit_cache_name(source_sha256: str, settings: FitSettings, image_format: str)
     return f"{source_sha256}-{settings.fit_key}{FITTED_EXTENSIONS[image_format]}"
 
 
-def describe(item: ImageVerdict | FittedImage) -> str:
+def check_line(item: ImageVerdict | FittedImage) -> str:
     """Return one line for ``rotator check``: ``ok: …``, ``fitted: … → …``, ``rejected: …``."""
     if isinstance(item, FittedImage):
         return (

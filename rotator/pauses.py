@@ -43,7 +43,7 @@ class ActivePause:
     level: int
     started: dt.datetime
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         """Return a one-line summary (``credits (insufficient_credits) until ...``)."""
         who = "all accounts" if self.scope == "key" else self.account
         return f"{who}: {self.kind} ({self.reason}) until {self.until.isoformat()}"

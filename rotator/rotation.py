@@ -162,7 +162,7 @@ class Rotator:
             pause = self.pauses.active(entry.account)
             if pause is not None:
                 if not wait_for_pauses:
-                    return self._result(rot, "paused", pause.describe())
+                    return self._result(rot, "paused", pause.summary())
                 await self.pauses.wait(entry.account)
             if rot.resume:
                 if (stopped := self._stopped(rot, stop_reason)) is not None:

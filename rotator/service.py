@@ -439,7 +439,7 @@ class Daemon:
         summary = {
             "pid": os.getpid(),
             "dry_run": self.dry_run,
-            "pauses": [pause.describe() for pause in self.pauses.all()],
+            "pauses": [pause.summary() for pause in self.pauses.all()],
             "pause_kinds": sorted({pause.kind for pause in self.pauses.all()}),
             "next_due": due.encoded,
             "status": self._status_line(),
@@ -537,7 +537,7 @@ class Daemon:
             )
         pauses = self.pauses.all()
         if pauses:
-            parts.append(f"{len(pauses)} paused: " + "; ".join(p.describe() for p in pauses))
+            parts.append(f"{len(pauses)} paused: " + "; ".join(p.summary() for p in pauses))
         if self.dry_run:
             parts.append("dry run")
         if not self._reload_outcome["ok"]:

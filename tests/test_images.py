@@ -22,7 +22,7 @@ from rotator.images import (
     FitSettings,
     FittedImage,
     ImageVerdict,
-    describe,
+    check_line,
     fit_cache_name,
     fit_image,
     fit_image_bytes,
@@ -426,18 +426,18 @@ def test_human_bytes() -> None:
     assert human_bytes(1_887_437) == "1.8 MB"
 
 
-def test_describe_lines() -> None:
+def test_check_lines() -> None:
     """Describe gives the one-line summaries of the check command."""
     ok = judge_image_bytes(SMALL_PNG, DEFAULT)
-    assert describe(ok) == f"ok: png {human_bytes(len(SMALL_PNG))} 64\u00d748"
-    assert describe(judge_image_bytes(b"", DEFAULT)) == "rejected: empty file"
+    assert check_line(ok) == f"ok: png {human_bytes(len(SMALL_PNG))} 64\u00d748"
+    assert check_line(judge_image_bytes(b"", DEFAULT)) == "rejected: empty file"
     source = encode(picture((2000, 1500)), "WEBP")
     fitted = fit_image_bytes(source, DEFAULT)
-    assert describe(fitted) == (
+    assert check_line(fitted) == (
         f"fitted: webp {human_bytes(len(source))} 2000\u00d71500 \u2192 "
         f"jpeg {human_bytes(len(fitted.data))} 400\u00d7400"
     )
-    assert describe(judge_image_bytes(source, DEFAULT)).startswith("needs fitting: webp")
+    assert check_line(judge_image_bytes(source, DEFAULT)).startswith("needs fitting: webp")
 
 
 def test_settings_are_validated() -> None:
