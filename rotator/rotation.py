@@ -62,7 +62,7 @@ class _Rotation:
     rotation_id: str
     tries: int = 0
     generation: int = 0  # bumped whenever the same image needs a new Idempotency-Key
-    excluded: set[str] = dataclasses.field(default_factory=set)  # refused in this rotation
+    excluded: set[str] = dataclasses.field(default_factory=set)  # refused or rejected, this time
     as_file: bool = False  # the URL could not be fetched: send the bytes
     replay_key: str | None = None  # set: send the last write again under its own key
     chosen: str | None = None  # the image being sent (kept across retries)

@@ -15,7 +15,7 @@ validation cache from worker threads during scans. One connection is opened with
 ``check_same_thread=False`` and every use of it is serialised by a ``threading.Lock``.
 
 Datetimes are stored as ISO 8601 UTC text with microseconds (so text order is time order)
-and returned as aware UTC datetimes; naive datetimes are refused with ``ValueError``.
+and returned as aware UTC datetimes; naive datetimes are rejected with ``ValueError``.
 
 The API key is never stored: there is no method that takes it, and messages handed to the
 store come from the client, which never puts the key in them.
@@ -675,7 +675,7 @@ def state_exists(state_dir: Path) -> bool:
 
 
 def check_state_file(state_dir: Path) -> None:
-    """Refuse a database file that is empty, truncated to nothing or not SQLite at all.
+    """Reject a database file that is empty, truncated to nothing or not SQLite at all.
 
     Reads only the 100-byte header (no SQLite, no lock): ``health`` can afford it.
     """
@@ -831,7 +831,7 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
 
 
 def _check_integrity(conn: sqlite3.Connection, db_path: Path) -> None:
-    """Refuse a damaged database at once, rather than failing at some later write."""
+    """Reject a damaged database at once, rather than failing at some later write."""
     problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)").fetchall()]
     if problems != ["ok"]:
         raise StateError(

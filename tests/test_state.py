@@ -169,8 +169,8 @@ def test_readonly_open_of_missing_state_says_no_state_yet(tmp_path: Path) -> Non
     assert not (tmp_path / "none").exists()
 
 
-def test_empty_database_file_is_refused_with_how_to_recover(tmp_path: Path) -> None:
-    """A zero-byte database that existed (positions lost) is refused, not silently renewed."""
+def test_empty_database_file_is_rejected_with_how_to_recover(tmp_path: Path) -> None:
+    """A zero-byte database that existed (positions lost) is rejected, not silently renewed."""
     (tmp_path / DB_NAME).write_bytes(b"")
     for readonly in (False, True):
         with pytest.raises(StateError, match=r"empty \(0 bytes\).*backup"):
@@ -185,14 +185,14 @@ def test_schema_zero_database_is_migrated(tmp_path: Path) -> None:
         assert store.entry(ENTRY).last_image == "a.png"
 
 
-def test_readonly_open_refuses_an_older_schema(tmp_path: Path) -> None:
-    """A read-only open cannot migrate, so an old schema is refused with advice."""
+def test_readonly_open_rejects_an_older_schema(tmp_path: Path) -> None:
+    """A read-only open cannot migrate, so an old schema is rejected with advice."""
     sqlite3.connect(tmp_path / DB_NAME).execute("CREATE TABLE unrelated (x)").connection.close()
     with pytest.raises(StateError, match="start the daemon once"):
         StateStore.open(tmp_path, readonly=True)
 
 
-def test_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
+def test_newer_schema_is_rejected_naming_both_versions(tmp_path: Path) -> None:
     """A database from a newer rotator raises StateVersionError naming both versions."""
     with StateStore.open(tmp_path):
         pass
@@ -204,7 +204,7 @@ def test_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
         assert f"schema {SCHEMA_VERSION + 5}" in message
         assert f"knows up to {SCHEMA_VERSION}" in message
         assert info.value.exit_code == 2
-    # The refused open must have released the lock.
+    # The rejected open must have released the lock.
     set_user_version(tmp_path, SCHEMA_VERSION)
     with StateStore.open(tmp_path):
         pass
@@ -242,7 +242,7 @@ HOLDER = """
 """
 
 
-def test_second_daemon_in_another_process_is_refused_until_holder_dies(tmp_path: Path) -> None:
+def test_second_daemon_in_another_process_is_rejected_until_holder_dies(tmp_path: Path) -> None:
     """While another process holds the dir, open(lock=True) fails naming its pid; readonly works."""
     child = spawn(HOLDER, str(tmp_path))
     try:
@@ -292,7 +292,7 @@ def test_readonly_store_sees_writes_committed_later_by_another_connection(tmp_pa
         assert [row.image for row in reader.history()] == ["a.png"]
 
 
-def test_readonly_store_refuses_writes(tmp_path: Path) -> None:
+def test_readonly_store_rejects_writes(tmp_path: Path) -> None:
     """Every write through a read-only store raises StateError and changes nothing."""
     with StateStore.open(tmp_path):
         pass
@@ -497,7 +497,7 @@ def test_failure_without_code_or_message_still_names_an_error(tmp_path: Path) ->
         assert store.history()[0].image is None
 
 
-def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
+def test_naive_datetimes_are_rejected(tmp_path: Path) -> None:
     """A naive datetime raises ValueError and writes nothing."""
     with StateStore.open(tmp_path) as store:
         with pytest.raises(ValueError, match="naive"):
