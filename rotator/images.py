@@ -14,6 +14,11 @@ decoded image at once (``Image.reduce``), so a fit peaks near twice the budget.
 Warnings of Pillow (the ``warnings`` module) and of libtiff (written straight to file
 descriptor 2) during a decode are captured and handed to the sink set with
 ``set_library_sink``, which logs them as ``library.log`` events.
+
+Why one module of this size: reading, judging and fitting are one job done on the same
+bytes under the same decode lock and memory budget, and this is the only module that may
+import Pillow; the header checks, the draft-mode sizing and the fitting all need Pillow's
+image objects.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ This is the trip down the architecture's line: catalog → planner → pacer →
 policy → state. The daemon and ``rotator rotate`` both use it. A rotation loops
 until the policy says it is done or given up: retries keep the same image,
 refused images give way to the next one, pauses are waited out.
+
+Why one module of this size: every step (choose, prepare, send, resume, act, record)
+reads and changes the same rotation in progress and its write record, the ledger entry
+that must be saved before a request leaves and resolved after it; apart, they would pass
+that record back and forth across modules for no gain in clarity.
 """
 
 from __future__ import annotations

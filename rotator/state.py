@@ -19,6 +19,12 @@ and returned as aware UTC datetimes; naive datetimes are rejected with ``ValueEr
 
 The API key is never stored: there is no method that takes it, and messages handed to the
 store come from the client, which never puts the key in them.
+
+Why one module of this size: it is the one place that knows the schema. Every method is
+one stored fact (a position, a write, a row of history, a pause, a verdict) written in one
+transaction under one lock, and the migrations, the connection checks and the flock exist
+for those same tables; split, each part would have to share the connection, the lock and
+the schema version with the others.
 """
 
 from __future__ import annotations
