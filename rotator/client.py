@@ -33,21 +33,15 @@ if importlib.util.find_spec("sniffio") is None:
 from rotator import __version__
 from rotator.answers import (
     DEFAULT_POLL_DELAY,
-    MAX_POLL_DELAY,
-    MAX_RETRY_AFTER,
-    MESSAGE_LIMIT,
-    MIN_POLL_DELAY,
     Answer,
     XAccount,
     describe,
-    find_x_account,
     json_or_none,
     poll_delay,
     read_balance,
     read_write_action,
     read_write_answer,
     read_x_accounts,
-    retry_after_seconds,
     scrub,
     server_wait,
     shorten,
@@ -56,22 +50,6 @@ from rotator.answers import (
 from rotator.errors import ApiError, ApiReadError
 from rotator.outcomes import Outcome, OutcomeKind, TransportFailure, WriteAction
 from rotator.redaction import redact_optional
-
-# Names callers import from here; the answer-reading ones live in rotator.answers.
-__all__ = [
-    "DEFAULT_POLL_DELAY",
-    "IDEMPOTENCY_KEY_PATTERN",
-    "MAX_POLL_DELAY",
-    "MAX_RETRY_AFTER",
-    "MESSAGE_LIMIT",
-    "MIN_POLL_DELAY",
-    "FilePayload",
-    "XAccount",
-    "XquikClient",
-    "find_x_account",
-    "idempotency_key",
-    "retry_after_seconds",
-]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,255}")
 EXPIRY_GRACE = 5.0  # seconds past a write's expiresAt for the server to mark it expired

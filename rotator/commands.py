@@ -29,13 +29,14 @@ from rotator.advice import (
     next_step,
     next_step_for_error,
 )
+from rotator.answers import find_x_account
 from rotator.catalog import (
     Catalog,
     CatalogImage,
     MemoryValidationCache,
     natural_key,
 )
-from rotator.client import XquikClient, find_x_account
+from rotator.client import XquikClient
 from rotator.config import (
     AccountEntry,
     Settings,

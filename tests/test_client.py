@@ -16,13 +16,8 @@ from fake_xquik import FakeXquik, Reply
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rotator.client import (
-    FilePayload,
-    XAccount,
-    XquikClient,
-    idempotency_key,
-    retry_after_seconds,
-)
+from rotator.answers import XAccount, retry_after_seconds
+from rotator.client import FilePayload, XquikClient, idempotency_key
 from rotator.errors import ApiError, ApiReadError
 from rotator.outcomes import Outcome
 
