@@ -55,11 +55,11 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from rotator.config_errors import closest, format_errors, redact
+from rotator.config_errors import closest, format_errors
 from rotator.cron import Schedule, parse_schedule
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
-from rotator.keys import KEY_ENV
+from rotator.keys import mask_keys, readable_key_warning
 from rotator.names import escape_name
 
 ENV_PREFIX = "ROTATOR_"
@@ -708,7 +708,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         base_dir=path.absolute().parent,
         config_path=path.absolute(),
         environ=environ,
-        key_warning=_key_warning(path, data, from_env),
+        key_warning=readable_key_warning(path, data, from_env),
         key_source="ROTATOR_API__KEY" if "key" in from_env.get("api", {}) else "api.key",
         env_warnings=tuple(env_warnings),
     )
@@ -722,7 +722,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
             exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX, known_keys=_known_keys
         )
         # from None: the chained ValidationError would carry input values, the key among them.
-        raise ConfigError(redact(lines, [data, from_env], environ, context.base_dir)) from None
+        raise ConfigError(mask_keys(lines, [data, from_env], environ, context.base_dir)) from None
     finally:
         _LOADING.reset(token)
 
@@ -835,20 +835,3 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
                 continue
         ours[name] = value
     return ours, problems, warnings
-
-
-def _key_warning(path: Path, data: dict[str, Any], from_env: dict[str, Any]) -> str | None:
-    api = data.get("api")
-    key = api.get("key") if isinstance(api, dict) else None
-    if not isinstance(key, str) or not key.strip() or "key" in from_env.get("api", {}):
-        return None
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return None
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        return (
-            f"the API key is in {path}, which other users can read: move it to a file named by "
-            f"api.key_file (or set {KEY_ENV}) and chmod 600 the file that holds it"
-        )
-    return None
