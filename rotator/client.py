@@ -426,27 +426,20 @@ class XquikClient:
     ) -> Outcome:
         """Return the outcome of a write whose polling stopped before it was terminal."""
         state = action.status if action is not None else "unknown"
+        kind: OutcomeKind = "uncertain"
         if expires_at is not None:
             # Past its deadline and still not terminal: nobody can say what became of it.
-            return Outcome(
-                kind="uncertain",
-                status=status,
-                message=shorten(f"{problem}: still {state} after its expiresAt"),
-                request_id=request_id,
-                write_action=action,
-            )
-        if action is None:
-            return Outcome(
-                kind="uncertain",
-                status=status,
-                message=shorten(f"{problem}: no write record after {self._max_poll_time:g} s"),
-                request_id=request_id,
-            )
-        # Still running with no deadline given: keep it, the next rotation polls it again.
+            detail = f"still {state} after its expiresAt"
+        elif action is None:
+            detail = f"no write record after {self._max_poll_time:g} s"
+        else:
+            # Still running with no deadline given: keep it, the next rotation polls it again.
+            kind = "unresolved"
+            detail = f"still {state} after {self._max_poll_time:g} s of polling"
         return Outcome(
-            kind="unresolved",
+            kind=kind,
             status=status,
-            message=shorten(f"{problem}: still {state} after {self._max_poll_time:g} s of polling"),
+            message=shorten(f"{problem}: {detail}"),
             request_id=request_id,
             write_action=action,
         )

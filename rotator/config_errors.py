@@ -30,6 +30,13 @@ _TYPE_MESSAGES = {
     "list_type": "must be a list",
 }
 
+# pydantic's other bound errors: where its context holds the bound, and how to say it.
+_BOUND_MESSAGES = {
+    "greater_than": ("gt", "must be more than {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "less_than": ("lt", "must be less than {}"),
+}
+
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     path = ""
@@ -53,12 +60,9 @@ def _message(error: Mapping[str, Any], path: str) -> str:
         return _TYPE_MESSAGES[kind]
     if kind == "greater_than_equal":
         return "must not be negative" if context["ge"] == 0 else f"must be at least {context['ge']}"
-    if kind == "greater_than":
-        return f"must be more than {context['gt']}"
-    if kind == "less_than_equal":
-        return f"must be at most {context['le']}"
-    if kind == "less_than":
-        return f"must be less than {context['lt']}"
+    if kind in _BOUND_MESSAGES:
+        bound, text = _BOUND_MESSAGES[kind]
+        return text.format(context[bound])
     if kind == "literal_error":
         return f"{error['input']!r} is not one of {context['expected']}"
     message = str(error["msg"])
