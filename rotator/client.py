@@ -3,6 +3,11 @@
 This is the transport, and the only module that imports httpx; every httpx exception
 is translated here. What an answer means is read by ``rotator.answers``, from plain
 values. The API key travels in one request header and nowhere else.
+
+Why one module at this size: its one job is the HTTP exchange with Xquik. A write is
+not over when its request is: the client polls its write action until it is terminal or
+past its ``expiresAt``, with the same timeouts, origin checks and failure translation as
+the write, so sending and polling stay together.
 """
 
 from __future__ import annotations

@@ -1,7 +1,14 @@
 """The commands behind the CLI, one function each, returning the exit code.
 
 ``run`` starts the daemon; the others read the config, the image folders and the
-state (read-only while a daemon runs) and print a report for people, or JSON.
+state (read-only while a daemon runs) and print a report for people, or JSON. Each
+takes plain typed arguments; ``rotator.cli`` parses the command line and calls them.
+
+Why one module at this size: its one job is what each command does and prints. The
+commands share one way to load the settings and warn, to find and mask the key, to
+read the heartbeat and the state read-only, to ask a running daemon first, and to print
+JSON with the key masked; split per command, those helpers would be shared by modules
+that otherwise have nothing in common.
 """
 
 from __future__ import annotations

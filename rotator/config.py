@@ -15,6 +15,12 @@ Environment rules:
   not ours to judge and are ignored. ``ROTATOR_ACCOUNTS__...`` is refused: entries are
   set as a whole, through ``ROTATOR_ACCOUNTS``.
 - Relative paths resolve against the config file's directory, wherever they came from.
+
+Why one module at this size: its one job is to turn a file and the environment into
+checked settings. The models of every section and the loader belong together: pydantic's
+validators read the load context (the file's directory, the environment) the loader
+sets, and keeping both here keeps pydantic in one module. Error wording is
+``rotator.config_errors``; everything about the key is ``rotator.keys``.
 """
 
 from __future__ import annotations
