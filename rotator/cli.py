@@ -1,4 +1,4 @@
-"""The command line: parse arguments, run a command, turn errors into exit codes.
+"""The command line: parse arguments, call the command through the command table, exit codes.
 
 Exit codes: 0 ok, 1 runtime failure or problems found, 2 usage or config error.
 Nothing a user did produces a traceback, and no message carries the API key.
