@@ -73,6 +73,8 @@ class ApiKey:
         return self.value.reveal()
 
 
+# The settings as find_api_key reads them, typed by shape: importing rotator.config here
+# would make config and keys import each other. pydantic's SecretStr is a _Revealable.
 class _Revealable(Protocol):
     def get_secret_value(self) -> str: ...
 
