@@ -111,25 +111,13 @@ def json_or_none(body: bytes) -> object:
         return None
 
 
-def retry_after_seconds(header: str | None, body: object, now: float) -> float | None:
-    """Return how long the server asked us to wait, in seconds, or None if it did not say.
-
-    The largest of the ``Retry-After`` header (seconds, fractional allowed, or an
-    HTTP-date taken relative to ``now``, epoch seconds) and the body's ``retryAfter``
-    (seconds) or ``retryAfterMs``, flat or nested under ``error``. Garbage is ignored;
-    the result is clamped to [0, 86400].
-    """
-    return server_wait({"retry-after": header} if header else {}, body, now, polling=False)
-
-
-def server_wait(
-    headers: Mapping[str, str | None], body: object, now: float, *, polling: bool = True
-) -> float | None:
+def server_wait(headers: Mapping[str, str | None], body: object, now: float) -> float | None:
     """Return the largest wait an answer asks for before a retry or poll, or None.
 
     Reads ``Retry-After`` (seconds or HTTP-date), ``retry-after-ms``, the body's
-    ``retryAfter`` / ``retryAfterMs`` (flat or nested under ``error``) and, with
-    ``polling``, ``pollAfterMs`` and ``nextAction.afterMs``. Clamped to [0, 86400].
+    ``retryAfter`` / ``retryAfterMs`` (flat or nested under ``error``), ``pollAfterMs`` and
+    ``nextAction.afterMs``. An HTTP-date is taken relative to ``now`` (epoch seconds);
+    garbage is ignored. Clamped to [0, 86400].
     """
     waits: list[float] = []
     header = headers.get("retry-after")
@@ -141,15 +129,12 @@ def server_wait(
     if millis is not None:
         waits.append(millis / 1000)
     for record in _records(body):
-        names = [("retryAfter", 1.0), ("retryAfterMs", 0.001)]
-        if polling:
-            names.append(("pollAfterMs", 0.001))
-        for name, scale in names:
+        for name, scale in (("retryAfter", 1.0), ("retryAfterMs", 0.001), ("pollAfterMs", 0.001)):
             number = _number(record.get(name))
             if number is not None:
                 waits.append(number * scale)
         next_action = record.get("nextAction")
-        if polling and isinstance(next_action, dict):
+        if isinstance(next_action, dict):
             after_ms = _number(next_action.get("afterMs"))
             if after_ms is not None:
                 waits.append(after_ms / 1000)

@@ -1,4 +1,4 @@
-"""The command line: parse arguments, run a command, turn errors into exit codes.
+"""The command line: parse arguments, call the command through the command table, exit codes.
 
 Exit codes: 0 ok, 1 runtime failure or problems found, 2 usage or config error.
 Nothing a user did produces a traceback, and no message carries the API key.
@@ -161,6 +161,42 @@ def _instant(text: str) -> dt.datetime:
     return value
 
 
+def _call(args: argparse.Namespace) -> int:
+    """Call the function of the command ``args`` names, with its arguments; return its code."""
+    # Imported after parsing: --help, --version and usage errors stay quick.
+    from rotator import commands  # noqa: PLC0415
+
+    config = args.config
+    as_json: bool = args.json if args.command != "run" else False  # run logs JSON anyway
+    # The command table: each command of build_parser and the one function that runs it.
+    table: dict[str, Callable[[], int]] = {
+        "run": lambda: commands.run(config, dry_run=args.dry_run),
+        "check": lambda: commands.check(config, online=args.online, as_json=as_json),
+        "plan": lambda: commands.plan(config, count=args.count, start=args.start, as_json=as_json),
+        "rotate": lambda: commands.rotate(
+            config, account=args.account, image=args.image, dry_run=args.dry_run, as_json=as_json
+        ),
+        "status": lambda: commands.status(config, as_json=as_json),
+        "history": lambda: commands.history(
+            config, account=args.account, since=args.since, limit=args.limit, as_json=as_json
+        ),
+        "resume": lambda: commands.resume(config, account=args.account, as_json=as_json),
+        "pause": lambda: commands.pause(
+            config, account=args.account, for_seconds=args.for_seconds, as_json=as_json
+        ),
+        "skip": lambda: commands.skip(config, account=args.account, as_json=as_json),
+        "exclude": lambda: commands.exclude(
+            config, account=args.account, image=args.image, as_json=as_json
+        ),
+        "include": lambda: commands.include(
+            config, account=args.account, image=args.image, as_json=as_json
+        ),
+        "reload": lambda: commands.reload(config, as_json=as_json),
+        "health": lambda: commands.health(config, allow_paused=args.allow_paused, as_json=as_json),
+    }
+    return table[args.command]()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     for stream in (sys.stdout, sys.stderr):
@@ -170,11 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.config = args.config or args.global_config
     try:
-        # Imported after parsing: --help, --version and usage errors stay quick.
-        from rotator import commands  # noqa: PLC0415
-
-        command: Callable[[argparse.Namespace], int] = getattr(commands, args.command)
-        return command(args)
+        return _call(args)
     except RotatorError as exc:
         problems = getattr(exc, "problems", None) or [str(exc)]
         for problem in problems:

@@ -3,6 +3,11 @@
 This is the transport, and the only module that imports httpx; every httpx exception
 is translated here. What an answer means is read by ``rotator.answers``, from plain
 values. The API key travels in one request header and nowhere else.
+
+Why one module at this size: its one job is the HTTP exchange with Xquik. A write is
+not over when its request is: the client polls its write action until it is terminal or
+past its ``expiresAt``, with the same timeouts, origin checks and failure translation as
+the write, so sending and polling stay together.
 """
 
 from __future__ import annotations
@@ -33,21 +38,15 @@ if importlib.util.find_spec("sniffio") is None:
 from rotator import __version__
 from rotator.answers import (
     DEFAULT_POLL_DELAY,
-    MAX_POLL_DELAY,
-    MAX_RETRY_AFTER,
-    MESSAGE_LIMIT,
-    MIN_POLL_DELAY,
     Answer,
     XAccount,
     describe,
-    find_x_account,
     json_or_none,
     poll_delay,
     read_balance,
     read_write_action,
     read_write_answer,
     read_x_accounts,
-    retry_after_seconds,
     scrub,
     server_wait,
     shorten,
@@ -56,22 +55,6 @@ from rotator.answers import (
 from rotator.errors import ApiError, ApiReadError
 from rotator.outcomes import Outcome, OutcomeKind, TransportFailure, WriteAction
 from rotator.redaction import redact_optional
-
-# Names callers import from here; the answer-reading ones live in rotator.answers.
-__all__ = [
-    "DEFAULT_POLL_DELAY",
-    "IDEMPOTENCY_KEY_PATTERN",
-    "MAX_POLL_DELAY",
-    "MAX_RETRY_AFTER",
-    "MESSAGE_LIMIT",
-    "MIN_POLL_DELAY",
-    "FilePayload",
-    "XAccount",
-    "XquikClient",
-    "find_x_account",
-    "idempotency_key",
-    "retry_after_seconds",
-]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[!-~]{1,255}")
 EXPIRY_GRACE = 5.0  # seconds past a write's expiresAt for the server to mark it expired
@@ -448,27 +431,20 @@ class XquikClient:
     ) -> Outcome:
         """Return the outcome of a write whose polling stopped before it was terminal."""
         state = action.status if action is not None else "unknown"
+        kind: OutcomeKind = "uncertain"
         if expires_at is not None:
             # Past its deadline and still not terminal: nobody can say what became of it.
-            return Outcome(
-                kind="uncertain",
-                status=status,
-                message=shorten(f"{problem}: still {state} after its expiresAt"),
-                request_id=request_id,
-                write_action=action,
-            )
-        if action is None:
-            return Outcome(
-                kind="uncertain",
-                status=status,
-                message=shorten(f"{problem}: no write record after {self._max_poll_time:g} s"),
-                request_id=request_id,
-            )
-        # Still running with no deadline given: keep it, the next rotation polls it again.
+            detail = f"still {state} after its expiresAt"
+        elif action is None:
+            detail = f"no write record after {self._max_poll_time:g} s"
+        else:
+            # Still running with no deadline given: keep it, the next rotation polls it again.
+            kind = "unresolved"
+            detail = f"still {state} after {self._max_poll_time:g} s of polling"
         return Outcome(
-            kind="unresolved",
+            kind=kind,
             status=status,
-            message=shorten(f"{problem}: still {state} after {self._max_poll_time:g} s of polling"),
+            message=shorten(f"{problem}: {detail}"),
             request_id=request_id,
             write_action=action,
         )

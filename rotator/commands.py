@@ -1,12 +1,18 @@
 """The commands behind the CLI, one function each, returning the exit code.
 
 ``run`` starts the daemon; the others read the config, the image folders and the
-state (read-only while a daemon runs) and print a report for people, or JSON.
+state (read-only while a daemon runs) and print a report for people, or JSON. Each
+takes plain typed arguments; ``rotator.cli`` parses the command line and calls them.
+
+Why one module at this size: its one job is what each command does and prints. The
+commands share one way to load the settings and warn, to find and mask the key, to
+read the heartbeat and the state read-only, to ask a running daemon first, and to print
+JSON with the key masked; split per command, those helpers would be shared by modules
+that otherwise have nothing in common.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
@@ -30,13 +36,14 @@ from rotator.advice import (
     next_step,
     next_step_for_error,
 )
+from rotator.answers import find_x_account
 from rotator.catalog import (
     Catalog,
     CatalogImage,
     MemoryValidationCache,
     natural_key,
 )
-from rotator.client import XquikClient, find_x_account
+from rotator.client import XquikClient
 from rotator.clock import utc_now
 from rotator.config import (
     AccountEntry,
@@ -83,10 +90,10 @@ from rotator.state import (
 from rotator.systemd import SystemdNotifier
 
 
-def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def _settings(config: str | None, environ: Mapping[str, str], *, warn: bool = True) -> Settings:
     """Load the settings; warn on stderr of what they ignored (the daemon logs it instead)."""
-    settings = load_settings(resolve_config_path(args.config, environ), environ)
-    if getattr(args, "command", None) != "run":
+    settings = load_settings(resolve_config_path(config, environ), environ)
+    if warn:
         for warning in settings.env_warnings:
             sys.stderr.write(f"rotator: warning: {warning}\n")
     return settings
@@ -177,11 +184,11 @@ def _register_key_quietly(settings: Settings, environ: Mapping[str, str]) -> Non
 # -- run ---------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: str | None, *, dry_run: bool) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
-    key = None if args.dry_run else _key(settings, environ)
+    settings = _settings(config, environ, warn=False)
+    key = None if dry_run else _key(settings, environ)
     os.umask(0o077)  # whatever the daemon creates (state, fitted copies) is for its user only
     configure(settings.log.level, settings.log.format)
     set_library_sink(library_warning)
@@ -190,42 +197,42 @@ def run(args: argparse.Namespace) -> int:
     for warning in settings.env_warnings:
         emit("config.warning", message=warning)
     notifier = SystemdNotifier.from_environment()
-    daemon = Daemon(settings, key, dry_run=args.dry_run, environ=environ, notifier=notifier)
+    daemon = Daemon(settings, key, dry_run=dry_run, environ=environ, notifier=notifier)
     return asyncio.run(daemon.run())
 
 
 # -- rotate --------------------------------------------------------------------------------
 
 
-def rotate(args: argparse.Namespace) -> int:
+def rotate(
+    config: str | None, *, account: str | None, image: str | None, dry_run: bool, as_json: bool
+) -> int:
     """Rotate now, once, for every entry (or one account's), then exit."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
-    entries = manual.entries_of(settings.accounts, args.account)
-    if not args.dry_run:
+    settings = _settings(config, environ)
+    entries = manual.entries_of(settings.accounts, account)
+    if not dry_run:
         # A running daemon rotates it itself: its state, its pacer, its pauses.
-        request = {"command": "rotate", "account": args.account}
-        if args.image is not None:
-            request["image"] = manual.image_path(args.image, Path.cwd())
+        request = {"command": "rotate", "account": account}
+        if image is not None:
+            request["image"] = manual.image_path(image, Path.cwd())
         reply = control.ask(settings.state_dir, request)
         if reply is not None:
-            return _print_reply(reply, sys.stdout, as_json=args.json)
-    key = None if args.dry_run else _key(settings, environ)
+            return _print_reply(reply, sys.stdout, as_json=as_json)
+    key = None if dry_run else _key(settings, environ)
     # A one-shot command: its results go to stdout, its log lines to stderr.
     configure(settings.log.level, settings.log.format, stream=sys.stderr)
     set_library_sink(library_warning)
     with tempfile.TemporaryDirectory(prefix="rotator-dry-run-") as scratch:
         # A dry run works on a copy of the real state: it previews exactly what the next
         # real rotation would send (positions, pauses, refusals) and changes none of it.
-        preview = Path(scratch) if args.dry_run else None
+        preview = Path(scratch) if dry_run else None
         if preview is not None:
             copy_state(settings.state_dir, preview)
         results = asyncio.run(
-            rotate_now(
-                settings, key, entries, image=args.image, dry_run=args.dry_run, state_dir=preview
-            )
+            rotate_now(settings, key, entries, image=image, dry_run=dry_run, state_dir=preview)
         )
-    if args.json:
+    if as_json:
         _print_json(
             _redacted(
                 [
@@ -240,7 +247,7 @@ def rotate(args: argparse.Namespace) -> int:
                 ]
             )
         )
-    for result in [] if args.json else results:
+    for result in [] if as_json else results:
         sys.stdout.write(redact_text(manual.result_line(result)) + "\n")
     return 0 if all(result.ok for result in results) else 1
 
@@ -248,10 +255,10 @@ def rotate(args: argparse.Namespace) -> int:
 # -- check ---------------------------------------------------------------------------------
 
 
-def check(args: argparse.Namespace) -> int:
+def check(config: str | None, *, online: bool, as_json: bool) -> int:
     """Validate the config and every image; with --online, the key, credits and accounts."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
+    settings = _settings(config, environ)
     report: dict[str, Any] = {"config": str(settings.config_path), "entries": [], "ok": True}
     fits = fit_settings(settings)
     catalogs = _scanned_catalogs(settings)
@@ -291,14 +298,14 @@ def check(args: argparse.Namespace) -> int:
     offline_key = find_api_key(settings, environ)
     if offline_key is not None:
         add_secret(offline_key.reveal())
-    if args.online:
+    if online:
         key = _key(settings, environ)
         if key.warning:
             report["warnings"] = [key.warning]
         report["online"] = asyncio.run(_check_online(settings, key))
         if report["online"]["problems"]:
             report["ok"] = False
-    if args.json:
+    if as_json:
         _print_json(report)
     else:
         _print_check(_redacted(report))
@@ -410,11 +417,11 @@ async def _check_online(settings: Settings, key: ApiKey) -> dict[str, Any]:
 # -- plan ----------------------------------------------------------------------------------
 
 
-def plan(args: argparse.Namespace) -> int:
+def plan(config: str | None, *, count: int, start: dt.datetime | None, as_json: bool) -> int:
     """Print the next rotations of every entry after ``--from`` (default now) and their cost."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
-    start: dt.datetime = getattr(args, "start", None) or utc_now()
+    settings = _settings(config, environ)
+    start = start or utc_now()
     saved = _read_entries(settings)
     catalogs = _scanned_catalogs(settings)
     entries: list[dict[str, Any]] = []
@@ -428,7 +435,7 @@ def plan(args: argparse.Namespace) -> int:
         )
         rng = random.Random(0)  # noqa: S311 - a preview, not a promise
         images: list[str | None] = []
-        times = _next_times(entry, start, state, args.count)
+        times = _next_times(entry, start, state, count)
         for _ in times:
             image = next_image(entry.order, names, position, rng, sort_key=natural_key)
             images.append(image)
@@ -458,7 +465,7 @@ def plan(args: argparse.Namespace) -> int:
         "credits_per_call": per_call,
         "credits_per_month": per_day * 30 * per_call,
     }
-    if getattr(args, "json", False):
+    if as_json:
         _print_json(report)
     else:
         _print_plan(report)
@@ -557,10 +564,10 @@ def _pending_action(record: WriteRecord | None) -> str | None:
     return record.action_id or "no answer yet"
 
 
-def status(args: argparse.Namespace) -> int:
+def status(config: str | None, *, as_json: bool) -> int:
     """Print what the state says of each entry: last success, image, next due, pauses."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
+    settings = _settings(config, environ)
     _register_key_quietly(settings, environ)
     now = utc_now()
     state_dir = _require_state(settings)
@@ -616,7 +623,7 @@ def status(args: argparse.Namespace) -> int:
                 "next_step": next_step(pause.kind, pause.account),
             }
         )
-    if args.json:
+    if as_json:
         _print_json(report)
     else:
         _print_status(_redacted(report))
@@ -674,19 +681,21 @@ def _print_status(report: dict[str, Any]) -> None:
 # -- history -------------------------------------------------------------------------------
 
 
-def history(args: argparse.Namespace) -> int:
+def history(
+    config: str | None, *, account: str | None, since: str | None, limit: int, as_json: bool
+) -> int:
     """Print the audit history, oldest first: what was sent when, and what came of it."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
-    since = _parse_since(args.since, utc_now()) if args.since else None
-    if args.account is not None:
+    settings = _settings(config, environ)
+    after = _parse_since(since, utc_now()) if since else None
+    if account is not None:
         known = {entry.account for entry in settings.accounts}
-        if args.account not in known:
-            raise _unknown_account(args.account)
+        if account not in known:
+            raise _unknown_account(account)
     # The history holds what the server said; mask the key in case it ever echoed it.
     _register_key_quietly(settings, environ)
     with StateStore.open(_require_state(settings), lock=False, readonly=True) as state:
-        rows = state.history(limit=args.limit, account=args.account, since=since)
+        rows = state.history(limit=limit, account=account, since=after)
     rows.reverse()
     items = [
         {
@@ -706,12 +715,12 @@ def history(args: argparse.Namespace) -> int:
         for row in rows
     ]
     items = _redacted(items)
-    if args.json:
+    if as_json:
         _print_json({"state_dir": escape_name(str(settings.state_dir)), "history": items})
         return 0
     out = sys.stdout
     if not items:
-        out.write("no history" + (f" since {since.isoformat()}" if since else "") + "\n")
+        out.write("no history" + (f" since {after.isoformat()}" if after else "") + "\n")
     for item in items:
         line = f"{item['time']}  {item['account']}  {item['outcome']:<9}  {item['image'] or '-'}"
         if item["error"]:
@@ -751,18 +760,18 @@ def _parse_since(text: str, now: dt.datetime) -> dt.datetime:
 # -- resume --------------------------------------------------------------------------------
 
 
-def resume(args: argparse.Namespace) -> int:
+def resume(config: str | None, *, account: str | None, as_json: bool) -> int:
     """End pauses by hand (the key's and every account's, or one account's); reset the backoff."""
     environ = dict(os.environ)
-    settings = _settings(args, environ)
-    reply = control.ask(settings.state_dir, {"command": "resume", "account": args.account})
+    settings = _settings(config, environ)
+    reply = control.ask(settings.state_dir, {"command": "resume", "account": account})
     if reply is not None:
-        return _print_reply(reply, sys.stdout, as_json=args.json)
+        return _print_reply(reply, sys.stdout, as_json=as_json)
     configured = {entry.account for entry in settings.accounts}
     # An account no longer configured may still have a stored pause to end: look first.
     no_state = not state_exists(settings.state_dir)
-    if args.account is not None and args.account not in configured and no_state:
-        raise _unknown_account(args.account)
+    if account is not None and account not in configured and no_state:
+        raise _unknown_account(account)
     _require_state(settings)
     try:
         store = _state_by_hand(settings)
@@ -770,12 +779,12 @@ def resume(args: argparse.Namespace) -> int:
         raise StateError(f"nothing to resume: {exc}") from exc
     with store as state:
         pauses = state.pauses()
-        if args.account is not None and args.account not in configured | {
+        if account is not None and account not in configured | {
             str(pause.account) for pause in pauses
         }:
-            raise _unknown_account(args.account)
-        ended = manual.resume_offline(state, args.account)
-    return _answer(0, manual.resumed_message(ended), by="state", as_json=args.json)
+            raise _unknown_account(account)
+        ended = manual.resume_offline(state, account)
+    return _answer(0, manual.resumed_message(ended), by="state", as_json=as_json)
 
 
 # -- reload --------------------------------------------------------------------------------
@@ -783,7 +792,7 @@ def resume(args: argparse.Namespace) -> int:
 RELOAD_WAIT_SECONDS = 60.0  # a reload rescans changed folders: give it time
 
 
-def reload(args: argparse.Namespace) -> int:
+def reload(config: str | None, *, as_json: bool) -> int:
     """Ask the running daemon to re-read its config; wait for the outcome and report it.
 
     This is the unit's ``ExecReload=``: its exit status is what ``systemctl reload``
@@ -793,12 +802,12 @@ def reload(args: argparse.Namespace) -> int:
     """
     environ = dict(os.environ)
     try:
-        state_dir = _settings(args, environ).state_dir
+        state_dir = _settings(config, environ).state_dir
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"rotator: {problem}\n")
         # Where the daemon keeps its state without state.dir: what the broken file may hold.
-        state_dir = choose_state_dir(None, environ, resolve_config_path(args.config, environ))
+        state_dir = choose_state_dir(None, environ, resolve_config_path(config, environ))
     beat = read_heartbeat(state_dir)
     pid = beat[1].get("pid") if beat is not None else None
     if beat is None or not isinstance(pid, int) or not _is_fresh(_age(beat[0])):
@@ -817,7 +826,7 @@ def reload(args: argparse.Namespace) -> int:
         outcome = _reload_outcome(beat[1]) if beat is not None else before
         if outcome["count"] <= before["count"]:
             continue
-        if args.json:
+        if as_json:
             _print_json({"ok": outcome["ok"], "pid": pid, "problems": outcome["problems"]})
             return 0 if outcome["ok"] else 1
         if outcome["ok"]:
@@ -850,28 +859,30 @@ def _reload_outcome(summary: Mapping[str, object]) -> dict[str, Any]:
 # -- pause, skip, exclude, include -----------------------------------------------------------
 
 
-def pause(args: argparse.Namespace) -> int:
+def pause(
+    config: str | None, *, account: str | None, for_seconds: float | None, as_json: bool
+) -> int:
     """Hold the writes of one account (or of all) until resumed, or for a while."""
-    settings = _settings(args, dict(os.environ))
-    if args.account is not None:
-        manual.entries_of(settings.accounts, args.account)
-    request = {"command": "pause", "account": args.account, "seconds": args.for_seconds}
+    settings = _settings(config, dict(os.environ))
+    if account is not None:
+        manual.entries_of(settings.accounts, account)
+    request = {"command": "pause", "account": account, "seconds": for_seconds}
     reply = control.ask(settings.state_dir, request)
     if reply is not None:
-        return _print_reply(reply, sys.stdout, as_json=args.json)
+        return _print_reply(reply, sys.stdout, as_json=as_json)
     with _state_by_hand(settings) as state:
-        done = manual.pause_offline(state, args.account, args.for_seconds)
+        done = manual.pause_offline(state, account, for_seconds)
     message = done + " (the daemon keeps it when it starts)"
-    return _answer(0, message, by="state", as_json=args.json)
+    return _answer(0, message, by="state", as_json=as_json)
 
 
-def skip(args: argparse.Namespace) -> int:
+def skip(config: str | None, *, account: str, as_json: bool) -> int:
     """Move an account's entries past the image their next rotation would send."""
-    settings = _settings(args, dict(os.environ))
-    entries = manual.entries_of(settings.accounts, args.account)
-    reply = control.ask(settings.state_dir, {"command": "skip", "account": args.account})
+    settings = _settings(config, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, account)
+    reply = control.ask(settings.state_dir, {"command": "skip", "account": account})
     if reply is not None:
-        return _print_reply(reply, sys.stdout, as_json=args.json)
+        return _print_reply(reply, sys.stdout, as_json=as_json)
     lines = []
     with _state_by_hand(settings) as state:
         fits = fit_settings(settings)
@@ -879,32 +890,34 @@ def skip(args: argparse.Namespace) -> int:
             catalog = Catalog(entry.folder, fits, StateValidationCache(state), _quiet)
             catalog.apply_scan(catalog.scan())
             lines.append(f"{entry.account}: skipped {manual.skip(state, entry, catalog)}")
-    return _answer(0, "\n".join(lines), by="state", as_json=args.json)
+    return _answer(0, "\n".join(lines), by="state", as_json=as_json)
 
 
-def exclude(args: argparse.Namespace) -> int:
+def exclude(config: str | None, *, account: str, image: str, as_json: bool) -> int:
     """Never pick an image for an account until it is included again."""
-    return _image_by_hand(args, "exclude")
+    return _image_by_hand(config, "exclude", account=account, image=image, as_json=as_json)
 
 
-def include(args: argparse.Namespace) -> int:
+def include(config: str | None, *, account: str, image: str, as_json: bool) -> int:
     """Let an excluded image be picked again."""
-    return _image_by_hand(args, "include")
+    return _image_by_hand(config, "include", account=account, image=image, as_json=as_json)
 
 
-def _image_by_hand(args: argparse.Namespace, command: str) -> int:
-    settings = _settings(args, dict(os.environ))
-    entries = manual.entries_of(settings.accounts, args.account)
-    image = manual.image_path(args.image, Path.cwd())
+def _image_by_hand(
+    config: str | None, command: str, *, account: str, image: str, as_json: bool
+) -> int:
+    settings = _settings(config, dict(os.environ))
+    entries = manual.entries_of(settings.accounts, account)
+    image = manual.image_path(image, Path.cwd())
     entry, relative = manual.entry_for_image(entries, image)
-    request = {"command": command, "account": args.account, "image": image}
+    request = {"command": command, "account": account, "image": image}
     reply = control.ask(settings.state_dir, request)
     if reply is not None:
-        return _print_reply(reply, sys.stdout, as_json=args.json)
+        return _print_reply(reply, sys.stdout, as_json=as_json)
     with _state_by_hand(settings) as state:
         act = manual.exclude if command == "exclude" else manual.include
         message = act(state, entry, relative)
-    return _answer(0, message, by="state", as_json=args.json)
+    return _answer(0, message, by="state", as_json=as_json)
 
 
 def _state_by_hand(settings: Settings) -> StateStore:
@@ -943,7 +956,7 @@ def _answer(code: int, message: str, *, by: str, as_json: bool) -> int:
 # -- health --------------------------------------------------------------------------------
 
 
-def health(args: argparse.Namespace) -> int:
+def health(config: str | None, *, allow_paused: bool, as_json: bool) -> int:
     """Exit 0 when the daemon runs and can do its job, 1 otherwise, with one line.
 
     A fresh heartbeat is not enough: a key-wide pause that needs a person (credits, a
@@ -951,13 +964,13 @@ def health(args: argparse.Namespace) -> int:
     ``--allow-paused`` asks only whether the daemon is alive.
     """
     environ = dict(os.environ)
-    settings = _settings(args, environ)
+    settings = _settings(config, environ)
     for dry_run in (False, True):
         state_dir = state_dir_for(settings, dry_run=dry_run)
         if state_exists(state_dir):
             check_state_file(state_dir)  # a broken state is never "healthy"
-    verdict = _health(settings, allow_paused=args.allow_paused)
-    if args.json:
+    verdict = _health(settings, allow_paused=allow_paused)
+    if as_json:
         _print_json(verdict)
     else:
         sys.stdout.write(f"{verdict['line']}\n")

@@ -15,6 +15,12 @@ Environment rules:
   not ours to judge and are ignored. ``ROTATOR_ACCOUNTS__...`` is refused: entries are
   set as a whole, through ``ROTATOR_ACCOUNTS``.
 - Relative paths resolve against the config file's directory, wherever they came from.
+
+Why one module at this size: its one job is to turn a file and the environment into
+checked settings. The models of every section and the loader belong together: pydantic's
+validators read the load context (the file's directory, the environment) the loader
+sets, and keeping both here keeps pydantic in one module. Error wording is
+``rotator.config_errors``; everything about the key is ``rotator.keys``.
 """
 
 from __future__ import annotations
@@ -55,11 +61,11 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from rotator.config_errors import closest, format_errors, redact
+from rotator.config_errors import closest, format_errors
 from rotator.cron import Schedule, parse_schedule
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError
-from rotator.keys import KEY_ENV
+from rotator.keys import mask_keys, readable_key_warning
 from rotator.names import escape_name
 
 ENV_PREFIX = "ROTATOR_"
@@ -708,7 +714,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         base_dir=path.absolute().parent,
         config_path=path.absolute(),
         environ=environ,
-        key_warning=_key_warning(path, data, from_env),
+        key_warning=readable_key_warning(path, data, from_env),
         key_source="ROTATOR_API__KEY" if "key" in from_env.get("api", {}) else "api.key",
         env_warnings=tuple(env_warnings),
     )
@@ -722,7 +728,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
             exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX, known_keys=_known_keys
         )
         # from None: the chained ValidationError would carry input values, the key among them.
-        raise ConfigError(redact(lines, [data, from_env], environ, context.base_dir)) from None
+        raise ConfigError(mask_keys(lines, [data, from_env], environ, context.base_dir)) from None
     finally:
         _LOADING.reset(token)
 
@@ -835,20 +841,3 @@ def _split_environ(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str
                 continue
         ours[name] = value
     return ours, problems, warnings
-
-
-def _key_warning(path: Path, data: dict[str, Any], from_env: dict[str, Any]) -> str | None:
-    api = data.get("api")
-    key = api.get("key") if isinstance(api, dict) else None
-    if not isinstance(key, str) or not key.strip() or "key" in from_env.get("api", {}):
-        return None
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return None
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        return (
-            f"the API key is in {path}, which other users can read: move it to a file named by "
-            f"api.key_file (or set {KEY_ENV}) and chmod 600 the file that holds it"
-        )
-    return None

@@ -2,22 +2,15 @@
 
 Nothing here imports pydantic: it reads the plain error dicts of
 ``ValidationError.errors()``. pydantic's own messages are replaced where they could
-echo an input value, and any API key a line might still quote is blanked out.
+echo an input value; ``rotator.keys.mask_keys`` then blanks out any API key a line
+might still quote.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
-import stat
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
-
-from rotator.keys import CREDENTIAL_NAME, KEY_ENV, SECRET_FILE_NAME
-from rotator.redaction import redact as redact_secrets
-
-_MAX_KEY_FILE = 4096  # a key file is tiny; anything bigger is not read for masking
 
 _TYPE_MESSAGES = {
     "missing": "required",
@@ -35,6 +28,13 @@ _TYPE_MESSAGES = {
     "dict_type": "must be a table",
     "tuple_type": "must be a list",
     "list_type": "must be a list",
+}
+
+# pydantic's other bound errors: where its context holds the bound, and how to say it.
+_BOUND_MESSAGES = {
+    "greater_than": ("gt", "must be more than {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "less_than": ("lt", "must be less than {}"),
 }
 
 
@@ -60,12 +60,9 @@ def _message(error: Mapping[str, Any], path: str) -> str:
         return _TYPE_MESSAGES[kind]
     if kind == "greater_than_equal":
         return "must not be negative" if context["ge"] == 0 else f"must be at least {context['ge']}"
-    if kind == "greater_than":
-        return f"must be more than {context['gt']}"
-    if kind == "less_than_equal":
-        return f"must be at most {context['le']}"
-    if kind == "less_than":
-        return f"must be less than {context['lt']}"
+    if kind in _BOUND_MESSAGES:
+        bound, text = _BOUND_MESSAGES[kind]
+        return text.format(context[bound])
     if kind == "literal_error":
         return f"{error['input']!r} is not one of {context['expected']}"
     message = str(error["msg"])
@@ -134,54 +131,3 @@ def format_errors(
         if line not in lines:
             lines.append(line)
     return lines
-
-
-def redact(
-    lines: list[str],
-    sources: list[dict[str, Any]],
-    environ: Mapping[str, str],
-    base_dir: Path | None = None,
-) -> list[str]:
-    """Blank out any key a message might quote (a key pasted in the wrong field).
-
-    Every place a key can come from is looked at: $XQUIK_API_KEY, api.key, the file named
-    by api.key_file, the systemd credential and the Docker secret. The key and its long
-    fragments are masked.
-    """
-    secrets: list[str] = []
-    key_files = [
-        Path(environ.get("CREDENTIALS_DIRECTORY", "") or "/nonexistent") / CREDENTIAL_NAME,
-        Path("/run/secrets") / SECRET_FILE_NAME,
-    ]
-    for value in [environ.get(KEY_ENV)]:
-        if isinstance(value, str):
-            secrets.append(value.strip())
-    for data in sources:
-        api = data.get("api")
-        if not isinstance(api, dict):
-            continue
-        key, key_file = api.get("key"), api.get("key_file")
-        if isinstance(key, str):
-            secrets.append(key.strip())
-        if isinstance(key_file, str) and key_file.strip() and "\x00" not in key_file:
-            path = Path(key_file.strip()).expanduser()
-            key_files.append(path if path.is_absolute() or base_dir is None else base_dir / path)
-    secrets += [text for text in map(_small_file_text, key_files) if text]
-    return [redact_secrets(line, secrets, mask="[redacted]") for line in lines]
-
-
-def _small_file_text(path: Path) -> str | None:
-    """Return the stripped text of a small regular file, or None (never raise, never block)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, _MAX_KEY_FILE)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace").strip().removeprefix("\ufeff").strip() or None

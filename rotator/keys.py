@@ -1,8 +1,11 @@
-"""Find the API key: env, key file, systemd credential, Docker secret, api.key.
+"""Everything about the API key: where it may be, reading it, holding it, masking it.
 
-The key is held in a ``Secret`` from the moment it is read, so it never shows in a
-repr, a log line or an exception message. Nothing here imports pydantic: the settings
-are only read (``api.key_file``, ``api.key``, ``key_source``, ``key_warning``).
+The places are env, key file, systemd credential, Docker secret and api.key, in that
+order. The key is held in a ``Secret`` from the moment it is read, so it never shows in
+a repr, a log line or an exception message. The same places are searched to blank a key
+out of config errors (``mask_keys``), and a key in a config file other users can read
+gets a warning (``readable_key_warning``). Nothing here imports pydantic or
+``rotator.config``: the settings are read through ``KeySettings``, which they satisfy.
 """
 
 from __future__ import annotations
@@ -11,15 +14,13 @@ import dataclasses
 import hmac
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from rotator.errors import ConfigError
-
-if TYPE_CHECKING:
-    # Type-only: rotator.config imports KEY_ENV from here, so a runtime import would loop.
-    from rotator.config import Settings
+from rotator.redaction import redact
 
 KEY_ENV = "XQUIK_API_KEY"
 CREDENTIAL_NAME = "xquik-api-key"
@@ -72,6 +73,33 @@ class ApiKey:
         return self.value.reveal()
 
 
+# The settings as find_api_key reads them, typed by shape: importing rotator.config here
+# would make config and keys import each other. pydantic's SecretStr is a _Revealable.
+class _Revealable(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class _KeyFields(Protocol):
+    @property
+    def key_file(self) -> Path | None: ...
+
+    @property
+    def key(self) -> _Revealable | None: ...
+
+
+class KeySettings(Protocol):
+    """What ``find_api_key`` reads of the settings (``rotator.config.Settings`` has it)."""
+
+    @property
+    def api(self) -> _KeyFields: ...
+
+    @property
+    def key_source(self) -> str: ...
+
+    @property
+    def key_warning(self) -> str | None: ...
+
+
 _SENDABLE_KEY = re.compile(r"[!-~]+")  # printable ASCII without spaces: fits a header
 
 
@@ -103,7 +131,7 @@ def _read_key(path: Path, label: str, *, missing_ok: bool) -> str | None:
 
 
 def find_api_key(
-    settings: Settings,
+    settings: KeySettings,
     environ: Mapping[str, str] | None = None,
     *,
     secrets_dir: Path = _DEFAULT_SECRETS_DIR,
@@ -125,7 +153,7 @@ def find_api_key(
 
 
 def _find_api_key(
-    settings: Settings,
+    settings: KeySettings,
     environ: Mapping[str, str] | None = None,
     *,
     secrets_dir: Path = _DEFAULT_SECRETS_DIR,
@@ -153,3 +181,80 @@ def _find_api_key(
             settings.key_warning,
         )
     return None
+
+
+_MAX_KEY_FILE = 4096  # a key file is tiny; anything bigger is not read for masking
+
+
+def readable_key_warning(path: Path, data: dict[str, Any], from_env: dict[str, Any]) -> str | None:
+    """Return a warning when the config file at ``path`` holds api.key and others can read it.
+
+    ``data`` is the file's TOML, ``from_env`` what ``ROTATOR_*`` variables set (a key set
+    there wins, and the file's is not used).
+    """
+    api = data.get("api")
+    key = api.get("key") if isinstance(api, dict) else None
+    if not isinstance(key, str) or not key.strip() or "key" in from_env.get("api", {}):
+        return None
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"the API key is in {path}, which other users can read: move it to a file named by "
+            f"api.key_file (or set {KEY_ENV}) and chmod 600 the file that holds it"
+        )
+    return None
+
+
+def mask_keys(
+    lines: list[str],
+    sources: list[dict[str, Any]],
+    environ: Mapping[str, str],
+    base_dir: Path | None = None,
+) -> list[str]:
+    """Blank out any key a message might quote (a key pasted in the wrong field).
+
+    Every place a key can come from is looked at: $XQUIK_API_KEY, api.key, the file named
+    by api.key_file, the systemd credential and the Docker secret. ``sources`` are the
+    raw tables read (the TOML file, the environment's), since the settings could not be
+    built. The key and its long fragments are masked.
+    """
+    secrets: list[str] = []
+    key_files = [
+        Path(environ.get("CREDENTIALS_DIRECTORY", "") or "/nonexistent") / CREDENTIAL_NAME,
+        _DEFAULT_SECRETS_DIR / SECRET_FILE_NAME,
+    ]
+    for value in [environ.get(KEY_ENV)]:
+        if isinstance(value, str):
+            secrets.append(value.strip())
+    for data in sources:
+        api = data.get("api")
+        if not isinstance(api, dict):
+            continue
+        key, key_file = api.get("key"), api.get("key_file")
+        if isinstance(key, str):
+            secrets.append(key.strip())
+        if isinstance(key_file, str) and key_file.strip() and "\x00" not in key_file:
+            path = Path(key_file.strip()).expanduser()
+            key_files.append(path if path.is_absolute() or base_dir is None else base_dir / path)
+    secrets += [text for text in map(_small_file_text, key_files) if text]
+    return [redact(line, secrets, mask="[redacted]") for line in lines]
+
+
+def _small_file_text(path: Path) -> str | None:
+    """Return the stripped text of a small regular file, or None (never raise, never block)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, _MAX_KEY_FILE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").strip().removeprefix("\ufeff").strip() or None

@@ -267,30 +267,24 @@ class Notifier:
     def _deliver(self, destination: _Destination, body: dict[str, Any]) -> None:
         delay = self._backoff
         for attempt in range(1, self.settings.attempts + 1):
+            # What both outcomes of a delivery log: where it went, what, which attempt.
+            fields = {
+                "to": destination.name,
+                "target": destination.label,
+                "notification": body["event"],
+                "attempt": attempt,
+            }
             try:
                 destination.deliver(body)
             except NotifyError as exc:
                 last = attempt == self.settings.attempts or not exc.retry
-                emit(
-                    "notify.failed",
-                    to=destination.name,
-                    target=destination.label,
-                    notification=body["event"],
-                    attempt=attempt,
-                    error=redact_text(str(exc)),
-                    retry_in_s=None if last else delay,
-                )
+                retry_in_s = None if last else delay
+                emit("notify.failed", **fields, error=redact_text(str(exc)), retry_in_s=retry_in_s)
                 if last or self._abort.wait(delay):
                     return
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            emit(
-                "notify.sent",
-                to=destination.name,
-                target=destination.label,
-                notification=body["event"],
-                attempt=attempt,
-            )
+            emit("notify.sent", **fields)
             return
 
     def _run_command(self, body: dict[str, Any]) -> None:

@@ -11,6 +11,10 @@ image only when the server said ``safeToRetry: true`` or the request never left;
 same key after a timeout, a dropped connection, a 5xx, a 408 or a 409 (unless the
 answer says ``x-should-retry: false``); a terminal ``failed``/``expired`` record that
 is not safe to retry is uncertain and never sent again under a new key.
+
+Why one module at this size: its one job is the table. Most of its length is every
+error code the SDK lists, each in one family; split, one decision would be read in
+several places.
 """
 
 from __future__ import annotations

@@ -21,16 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 
-from rotator.cron import CronExpression, Schedule, fire_times, next_fire, parse_schedule
-
-__all__ = [
-    "CronTrigger",
-    "RotationScheduler",
-    "Schedule",
-    "cron_fire_times",
-    "cron_missed_since",
-    "parse_schedule",
-]
+from rotator.cron import CronExpression, Schedule, fire_times, next_fire
 
 UTC = dt.UTC
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from rotator import __version__, manual
+from rotator.answers import find_x_account
 from rotator.catalog import CacheEntry, Catalog, ScanResult, prune_fitted
-from rotator.client import XquikClient, find_x_account
+from rotator.client import XquikClient
 from rotator.config import AccountEntry, Settings, load_settings
 from rotator.control import ControlServer
 from rotator.cron import every_due

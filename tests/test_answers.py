@@ -20,7 +20,7 @@ from rotator.answers import (
     read_write_action,
     read_write_answer,
     read_x_accounts,
-    retry_after_seconds,
+    server_wait,
 )
 from rotator.outcomes import Outcome, WriteAction
 
@@ -58,7 +58,7 @@ def read(reply: Answer) -> Outcome | PollNeeded:
 )
 def test_retry_after_edge_cases(header: str | None, body: object, expected: float | None) -> None:
     """Undated zones, past dates, joined headers, nested bodies and booleans; the largest wins."""
-    assert retry_after_seconds(header, body, NOW) == expected
+    assert server_wait({"retry-after": header} if header else {}, body, NOW) == expected
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_http_date_without_zone_is_utc(far_from_utc: None) -> None:
     """An HTTP-date marked "-0000" counts as UTC, not as the machine's local time."""
-    assert retry_after_seconds(email.utils.formatdate(NOW + 30), None, NOW) == 30.0
+    assert server_wait({"retry-after": email.utils.formatdate(NOW + 30)}, None, NOW) == 30.0
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,8 @@ from fake_xquik import FakeXquik, Reply
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rotator.client import (
-    FilePayload,
-    XAccount,
-    XquikClient,
-    idempotency_key,
-    retry_after_seconds,
-)
+from rotator.answers import XAccount, server_wait
+from rotator.client import FilePayload, XquikClient, idempotency_key
 from rotator.errors import ApiError, ApiReadError
 from rotator.outcomes import Outcome
 
@@ -552,7 +547,7 @@ def test_retry_after_is_read_from_header_or_body(
 )
 def test_retry_after_is_none_or_within_bounds(header: str | None, body: dict[str, Any]) -> None:
     """Whatever the server sends, retry_after is None or a number in [0, 86400]."""
-    seconds = retry_after_seconds(header, body, NOW)
+    seconds = server_wait({"retry-after": header} if header else {}, body, NOW)
     assert seconds is None or 0.0 <= seconds <= 86400.0
 
 

@@ -11,6 +11,7 @@ ROTATOR = Path(__file__).resolve().parent.parent / "rotator"
 # The module table of docs/architecture.md, "the only module that imports" column.
 OWNERS = {
     "PIL": "images.py",
+    "argparse": "cli.py",
     "apscheduler": "scheduling.py",
     "httpx": "client.py",
     "prometheus_client": "metrics.py",

@@ -10,7 +10,6 @@ logged.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import datetime as dt
@@ -27,7 +26,7 @@ from structlog.testing import capture_logs
 from x_twitter_scraper.types.shared.error import Error
 from x_twitter_scraper.types.x.profile_update_avatar_response import ProfileUpdateAvatarResponse
 
-from rotator import commands
+from rotator import cli
 from rotator.catalog import Catalog, MemoryValidationCache
 from rotator.client import XquikClient
 from rotator.config import AccountEntry, ApiSection
@@ -548,7 +547,7 @@ def _status(rig: Rig, capsys: pytest.CaptureFixture[str], *, as_json: bool) -> s
         encoding="utf-8",
     )
     capsys.readouterr()
-    assert commands.status(argparse.Namespace(config=str(config), json=as_json)) == 0
+    assert cli.main(["status", "--config", str(config), *(["--json"] if as_json else [])]) == 0
     return capsys.readouterr().out
 
 

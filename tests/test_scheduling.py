@@ -8,12 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rotator.scheduling import (
-    RotationScheduler,
-    cron_fire_times,
-    cron_missed_since,
-    parse_schedule,
-)
+from rotator.cron import parse_schedule
+from rotator.scheduling import RotationScheduler, cron_fire_times, cron_missed_since
 
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
