@@ -151,11 +151,6 @@ class ScanResult:
     files: tuple[CatalogImage, ...]
     folder_error: str | None = None
 
-    @property
-    def rejected(self) -> tuple[CatalogImage, ...]:
-        """Return the results that cannot be sent."""
-        return tuple(result for result in self.files if not result.verdict.usable)
-
 
 @dataclasses.dataclass(frozen=True)
 class Payload:
@@ -194,11 +189,6 @@ class Catalog:
     def folder(self) -> Path:
         """Return the folder, resolved (watch this path so event paths line up)."""
         return self._root
-
-    @property
-    def settings(self) -> FitSettings:
-        """Return the fit settings images are judged and fitted under."""
-        return self._settings
 
     # -- blocking, thread-safe, read-only -------------------------------------------------
 

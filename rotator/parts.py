@@ -43,19 +43,27 @@ FITTED_DIR = "fitted"
 DRY_RUN_DIR = "dry-run"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True)
 class Parts:
     """One consistent set of the daemon's parts, all from the same ``settings``."""
 
     settings: Settings
     key: ApiKey | None
-    client: XquikClient | None  # None: dry run (or no key), nothing is ever sent
-    policy: PolicySettings
     fit: FitSettings
-    rotation: RotationSetup
+    rotation: RotationSetup  # the client, policy and [api] settings rotations run with
     pacer: WritePacer  # carried across swaps
     pauses: PauseBoard  # carried across swaps
     rotator: Rotator  # carried across swaps
+
+    @property
+    def client(self) -> XquikClient | None:
+        """Return the client (None: dry run or no key; nothing is ever sent)."""
+        return self.rotation.client
+
+    @property
+    def policy(self) -> PolicySettings:
+        """Return the policy's numbers."""
+        return self.rotation.policy
 
 
 def build_parts(
@@ -77,10 +85,9 @@ def build_parts(
     new client can fail (``RotatorError``), and it happens before anything carried is touched.
     """
     client = None if dry_run or key is None else _client_for(settings, key, carried)
-    policy = policy_settings(settings)
     rotation = RotationSetup(
         client=client,
-        policy=policy,
+        policy=policy_settings(settings),
         api=settings.api,
         credits_per_call=settings.api.credits_per_call,
     )
@@ -105,17 +112,7 @@ def build_parts(
     else:
         pacer, pauses, rotator = carried.pacer, carried.pauses, carried.rotator
         pacer.reconfigure(limits.writes, limits.window, limits.concurrency)
-    return Parts(
-        settings=settings,
-        key=key,
-        client=client,
-        policy=policy,
-        fit=fit_settings(settings),
-        rotation=rotation,
-        pacer=pacer,
-        pauses=pauses,
-        rotator=rotator,
-    )
+    return Parts(settings, key, fit_settings(settings), rotation, pacer, pauses, rotator)
 
 
 async def credits_available(parts: Parts) -> bool | None:
@@ -134,15 +131,13 @@ async def credits_available(parts: Parts) -> bool | None:
 
 async def account_healthy(parts: Parts, account: str) -> bool | None:
     """Tell whether an X account is connected and usable (free ``GET /x/accounts``)."""
-    accounts = await _free_read(
-        parts,
-        XquikClient.x_accounts,
-        lambda error: emit("accounts.check_failed", error=error),
-    )
-    if accounts is None:
-        return None
-    known = find_x_account(accounts, account)
-    return known is not None and known.usable
+
+    def failed(error: str) -> None:
+        emit("accounts.check_failed", error=error)
+
+    accounts = await _free_read(parts, XquikClient.x_accounts, failed)
+    known = None if accounts is None else find_x_account(accounts, account)
+    return None if accounts is None else known is not None and known.usable
 
 
 async def _free_read(
@@ -179,30 +174,21 @@ def open_client(settings: Settings, key: ApiKey) -> XquikClient:
 
 
 def policy_settings(settings: Settings) -> PolicySettings:
-    """Return the policy's numbers from ``[retry]`` and ``[pause]``."""
+    """Return the policy's numbers from ``[retry]`` and ``[pause]`` (``pause.max`` is pause_max)."""
+    retry, pause = settings.retry, settings.pause
     return PolicySettings(
-        retry_initial=settings.retry.initial,
-        retry_max=settings.retry.max,
-        attempts=settings.retry.attempts,
-        pause_credits=settings.pause.credits,
-        pause_account=settings.pause.account,
-        pause_auth=settings.pause.auth,
-        pause_max=settings.pause.max,
+        retry_initial=retry.initial,
+        retry_max=retry.max,
+        attempts=retry.attempts,
+        **{f"pause_{name}": getattr(pause, name) for name in ("credits", "account", "auth", "max")},
     )
 
 
 def fit_settings(settings: Settings) -> FitSettings:
-    """Return the image fitting settings from ``[images]``."""
+    """Return the image fitting settings: the ``[images]`` keys of the same names."""
     images = settings.images
     return FitSettings(
-        fit=images.fit,
-        size=images.size,
-        crop=images.crop,
-        max_bytes=images.max_bytes,
-        max_source_bytes=images.max_source_bytes,
-        max_pixels=images.max_pixels,
-        min_size=images.min_size,
-        max_decoded_bytes=images.max_decoded_bytes,
+        **{field.name: getattr(images, field.name) for field in dataclasses.fields(FitSettings)}
     )
 
 
