@@ -1,5 +1,11 @@
 """The usable images of one folder, in natural order, with a validation cache.
 
+One job at some 600 lines: walking the folder, judging each file, opening a file once
+proven inside the folder and loading the bytes to send all share the catalog's data (its
+root, fit settings, cache and the images found), and each is the half of another (the
+bytes sent are checked against the verdict the walk made). Fitted copies are stored by
+``fitted``.
+
 Threading: ``scan``, ``inspect_path`` and ``load_payload`` block (they decode images) and
 are meant for a worker thread; they never change the catalog. ``apply_scan``,
 ``apply_file`` and ``remove_path`` change it and belong on the event-loop thread. The

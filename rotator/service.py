@@ -9,6 +9,11 @@ it whole (what must live on is carried: see ``parts``); the old client is closed
 write uses it. On the way out the daemon stops taking work, lets writes already on the
 wire finish (at most ``DRAIN_SECONDS``), and exits 0. The heartbeat file, the systemd
 watchdog and the metrics are fed from here.
+
+One job at some 450 lines: the daemon's life from start to exit, and the things only a
+live daemon does on its way (heartbeat, reload, drain). What it runs is elsewhere: the
+parts in ``parts``, the folders in ``library``, the entries and their rotations in
+``entries``.
 """
 
 from __future__ import annotations

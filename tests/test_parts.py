@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+from fake_xquik import FakeXquik, Reply
 from PIL import Image
 from structlog.testing import capture_logs
 
-from fake_xquik import FakeXquik, Reply
 from rotator.catalog import Catalog, MemoryValidationCache
 from rotator.config import Settings, load_settings
 from rotator.keys import find_api_key
@@ -155,7 +155,8 @@ def test_a_swap_carries_the_pacer_with_new_limits_and_a_new_key_gets_a_new_clien
             second = held[-1]
             assert second.pacer is first.pacer
             assert (second.pacer.writes, second.pacer.concurrency) == (2, 1)
-            assert second.client is not None and second.client is not first.client
+            assert second.client is not None
+            assert second.client is not first.client
             assert second.rotator.client is second.client, "the rotator uses the bundle in force"
             assert second.key is new_key
             for parts in (first, second):
