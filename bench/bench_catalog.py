@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from rotator import logs  # noqa: E402
 from rotator.catalog import Catalog  # noqa: E402
 from rotator.images import FitSettings  # noqa: E402
-from rotator.service import StateValidationCache  # noqa: E402
+from rotator.library import StateValidationCache  # noqa: E402
 from rotator.state import StateStore  # noqa: E402
 
 TARGETS = {"cold": 10.0, "warm": 1.0}  # seconds, for 10,000 images

@@ -1,5 +1,11 @@
 """The usable images of one folder, in natural order, with a validation cache.
 
+One job at some 600 lines: walking the folder, judging each file, opening a file once
+proven inside the folder and loading the bytes to send all share the catalog's data (its
+root, fit settings, cache and the images found), and each is the half of another (the
+bytes sent are checked against the verdict the walk made). Fitted copies are stored by
+``fitted``.
+
 Threading: ``scan``, ``inspect_path`` and ``load_payload`` block (they decode images) and
 are meant for a worker thread; they never change the catalog. ``apply_scan``,
 ``apply_file`` and ``remove_path`` change it and belong on the event-loop thread. The
@@ -15,23 +21,18 @@ import hashlib
 import os
 import re
 import stat
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from rotator.errors import ImageError
+from rotator.fitted import fitted_copy, fitted_names
 from rotator.images import (
-    FITTED_EXTENSIONS,
     FitSettings,
     FittedImage,
     ImageVerdict,
-    fit_cache_name,
-    fit_image_bytes,
     judge_image_bytes,
-    read_fitted,
     read_open_file,
     rejected_verdict,
 )
@@ -39,10 +40,17 @@ from rotator.names import escape_name
 
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp")
 _DIGITS = re.compile(r"(\d+)")
-_FITTED_NAME = re.compile(r"^[0-9a-f]{64}-[0-9a-f]{12}\.(?:jpg|png)$")
-_FITTED_TEMP_PREFIX = ".fitting-"
-_STALE_TEMP_SECONDS = 3600.0
 _SENT_SUFFIXES = {"jpeg": (".jpg", ".jpeg"), "png": (".png",)}
+# What ``image.fitted`` tells of a fitted copy, in this order (then its ``bytes``).
+_FIT_FACTS = (
+    "source_format",
+    "source_bytes",
+    "source_width",
+    "source_height",
+    "format",
+    "width",
+    "height",
+)
 
 NaturalKey = tuple[tuple[tuple[str | int, ...], ...], str]
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -129,20 +137,10 @@ class MemoryValidationCache:
 
 @dataclasses.dataclass(frozen=True)
 class CatalogImage:
-    """One usable image of a folder; ``relative`` is the escaped name (see ``escape_name``)."""
+    """One file of a folder and its verdict (usable or not), as a worker thread found it.
 
-    path: Path
-    relative: str
-    size_bytes: int
-    mtime_ns: int
-    verdict: ImageVerdict
-
-
-@dataclasses.dataclass(frozen=True)
-class FileResult:
-    """The verdict on one path of a folder (usable or not), as found by a worker thread.
-
-    ``path`` is the real path; ``relative`` its escaped name inside the folder.
+    ``path`` is the real path; ``relative`` its escaped name inside the folder (see
+    ``escape_name``). The catalog keeps the usable ones; ``ScanResult`` carries them all.
     """
 
     path: Path
@@ -156,13 +154,8 @@ class FileResult:
 class ScanResult:
     """Every candidate path of a folder with its verdict; ``folder_error`` if unreadable."""
 
-    files: tuple[FileResult, ...]
+    files: tuple[CatalogImage, ...]
     folder_error: str | None = None
-
-    @property
-    def rejected(self) -> tuple[FileResult, ...]:
-        """Return the results that cannot be sent."""
-        return tuple(result for result in self.files if not result.verdict.usable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,11 +196,6 @@ class Catalog:
         """Return the folder, resolved (watch this path so event paths line up)."""
         return self._root
 
-    @property
-    def settings(self) -> FitSettings:
-        """Return the fit settings images are judged and fitted under."""
-        return self._settings
-
     # -- blocking, thread-safe, read-only -------------------------------------------------
 
     def scan(self) -> ScanResult:
@@ -230,7 +218,7 @@ class Catalog:
             self._cache.put_many(pending)
         return ScanResult(files=tuple(files))
 
-    def inspect_path(self, path: Path) -> FileResult | None:
+    def inspect_path(self, path: Path) -> CatalogImage | None:
         """Judge one path; None when it is not a candidate (hidden, temp, outside, gone, folder)."""
         relative = self._relative(path)
         if not relative or not all(is_candidate_name(part) for part in relative.split("/")):
@@ -336,21 +324,14 @@ class Catalog:
         for file in result.files:
             self.apply_file(file)
 
-    def apply_file(self, result: FileResult) -> None:
+    def apply_file(self, result: CatalogImage) -> None:
         """Add, replace or reject one file, logging the change."""
         relative = result.relative
         verdict = result.verdict
         if verdict.usable:
             self._rejected.pop(relative, None)
-            image = CatalogImage(
-                path=result.path,
-                relative=relative,
-                size_bytes=result.size_bytes,
-                mtime_ns=result.mtime_ns,
-                verdict=verdict,
-            )
             old = self._images.get(relative)
-            self._images[relative] = image
+            self._images[relative] = result
             if old is None:
                 self._order = None
             if old is None or old.verdict.sha256 != verdict.sha256:
@@ -406,12 +387,7 @@ class Catalog:
 
     def fitted_names(self) -> set[str]:
         """Return the fitted-copy file names this catalog may use (for ``prune_fitted``)."""
-        return {
-            fit_cache_name(image.verdict.sha256, self._settings, image_format)
-            for image in self._images.values()
-            if image.verdict.needs_fit and image.verdict.sha256
-            for image_format in FITTED_EXTENSIONS
-        }
+        return fitted_names((image.verdict for image in self._images.values()), self._settings)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -421,7 +397,7 @@ class Catalog:
         prefix: str,
         visited: set[tuple[int, int]],
         pending: list[CacheEntry],
-    ) -> Iterator[FileResult]:
+    ) -> Iterator[CatalogImage]:
         """Yield a result for every candidate file under ``directory``; never raise."""
         try:
             with os.scandir(directory) as listing:
@@ -448,7 +424,7 @@ class Catalog:
         relative: str,
         visited: set[tuple[int, int]],
         pending: list[CacheEntry],
-    ) -> Iterator[FileResult]:
+    ) -> Iterator[CatalogImage]:
         directory = path.parent
         if entry.is_symlink():
             try:
@@ -478,7 +454,7 @@ class Catalog:
 
     def _judge_file(
         self, path: Path, relative: str, pending: list[CacheEntry] | None = None
-    ) -> FileResult:
+    ) -> CatalogImage:
         """Return the cached verdict for this version of the file, or decode it.
 
         The file is opened once (``_open_inside``) and everything is judged from that
@@ -574,12 +550,12 @@ class Catalog:
 
     def _result(
         self, path: Path, relative: str, size: int, mtime_ns: int, verdict: ImageVerdict
-    ) -> FileResult:
-        return FileResult(path, escape_name(relative), size, mtime_ns, verdict)
+    ) -> CatalogImage:
+        return CatalogImage(path, escape_name(relative), size, mtime_ns, verdict)
 
     def _rejection(
         self, relative: str, reason: str, status: os.stat_result | None = None
-    ) -> FileResult:
+    ) -> CatalogImage:
         size = status.st_size if status else 0
         mtime_ns = status.st_mtime_ns if status else 0
         verdict = rejected_verdict(reason, size, self._settings.verdict_key)
@@ -587,36 +563,15 @@ class Catalog:
 
     def _fitted_copy(self, image: CatalogImage, data: bytes, fitted_dir: Path) -> FittedImage:
         """Return the stored fitted copy of ``image``, making and storing it the first time."""
-        verdict = image.verdict
-        assert verdict.sha256 is not None
-        for image_format in FITTED_EXTENSIONS:
-            stored = fitted_dir / fit_cache_name(verdict.sha256, self._settings, image_format)
-            try:
-                return read_fitted(stored.read_bytes(), verdict, self._settings)
-            except FileNotFoundError:
-                continue
-            except (OSError, ImageError):
-                continue  # a damaged copy is simply made again
-        fitted = fit_image_bytes(data, self._settings)
-        target = fitted_dir / fit_cache_name(verdict.sha256, self._settings, fitted.format)
-        try:
-            _write_atomically(target, fitted.data)
-        except OSError as exc:
-            # Sending does not need the stored copy; the next rotation fits again.
+
+        def not_stored(exc: OSError) -> None:
             self._log("image.fit_not_stored", path=image.relative, reason=_os_reason(exc))
-        self._log(
-            "image.fitted",
-            path=image.relative,
-            folder=self._root_name,
-            source_format=fitted.source_format,
-            source_bytes=fitted.source_bytes,
-            source_width=fitted.source_width,
-            source_height=fitted.source_height,
-            format=fitted.format,
-            bytes=len(fitted.data),
-            width=fitted.width,
-            height=fitted.height,
-        )
+
+        fitted, made = fitted_copy(fitted_dir, image.verdict, data, self._settings, not_stored)
+        if made:
+            facts = {name: getattr(fitted, name) for name in _FIT_FACTS}
+            facts["bytes"] = len(fitted.data)
+            self._log("image.fitted", path=image.relative, folder=self._root_name, **facts)
         return fitted
 
     def _drop(self, relative: str, *, forget: bool = True) -> None:
@@ -660,46 +615,6 @@ def _opened_path(fd: int, path: Path) -> str | None:
     except OSError:
         return None
     return real if (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino) else None
-
-
-def prune_fitted(fitted_dir: Path, keep: set[str]) -> list[str]:
-    """Delete fitted copies not named in ``keep`` (and stale temp files); return the names."""
-    removed: list[str] = []
-    try:
-        entries = list(os.scandir(fitted_dir))
-    except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        name = entry.name
-        try:
-            if _FITTED_NAME.match(name):
-                if name in keep:
-                    continue
-            elif not (
-                name.startswith(_FITTED_TEMP_PREFIX)
-                and now - entry.stat().st_mtime > _STALE_TEMP_SECONDS
-            ):
-                continue  # not ours, or a copy being written right now
-            os.unlink(entry.path)
-            removed.append(name)
-        except OSError:
-            continue
-    return sorted(removed)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # for the daemon's user only
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=_FITTED_TEMP_PREFIX)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _sent_filename(name: str, image_format: str) -> str:

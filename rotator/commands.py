@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import os
 import random
@@ -23,7 +24,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -66,18 +67,14 @@ from rotator.errors import (
 from rotator.heartbeat import read_heartbeat
 from rotator.images import FitSettings, check_line, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
+from rotator.library import StateValidationCache
 from rotator.logs import add_secret, configure, emit, library_warning, redact_text
 from rotator.names import escape_name
+from rotator.parts import build_parts, fit_settings, state_dir_for
 from rotator.planner import Position, advance, next_image
+from rotator.rotation import RotationResult
 from rotator.scheduling import cron_fire_times
-from rotator.service import (
-    HEARTBEAT_SECONDS,
-    Daemon,
-    StateValidationCache,
-    fit_settings,
-    rotate_now,
-    state_dir_for,
-)
+from rotator.service import HEARTBEAT_SECONDS, Daemon
 from rotator.state import (
     EntryState,
     Pause,
@@ -250,6 +247,62 @@ def rotate(
     for result in [] if as_json else results:
         sys.stdout.write(redact_text(manual.result_line(result)) + "\n")
     return 0 if all(result.ok for result in results) else 1
+
+
+async def rotate_now(
+    settings: Settings,
+    key: ApiKey | None,
+    entries: Sequence[AccountEntry],
+    *,
+    image: str | None,
+    dry_run: bool,
+    state_dir: Path | None = None,
+) -> list[RotationResult]:
+    """Rotate ``entries`` once now (``rotator rotate``); pauses are reported, not waited.
+
+    ``state_dir`` overrides where the state is read and written (a dry run's scratch copy).
+    """
+    state_dir = state_dir or state_dir_for(settings, dry_run=dry_run)
+    with StateStore.open(state_dir, lock=True) as state:
+        parts = build_parts(
+            settings, key, state=state, state_dir=state_dir, dry_run=dry_run, in_force=lambda: parts
+        )
+        parts.pauses.restore()
+        catalogs: dict[Path, Catalog] = {}
+        jobs = []
+        for entry in entries:
+            if entry.folder not in catalogs:
+                catalog = Catalog(entry.folder, parts.fit, StateValidationCache(state), emit)
+                catalog.apply_scan(await asyncio.to_thread(catalog.scan))
+                catalogs[entry.folder] = catalog
+            catalog = catalogs[entry.folder]
+            forced = _forced_image(catalog.folder, image)
+            if image is not None and forced is None:
+                continue
+            if forced is not None and catalog.get(forced) is None:
+                reasons = dict(catalog.rejected())
+                why = reasons.get(forced, "not found among the folder's images")
+                raise ConfigError(f"--image: {image} cannot be sent: {why}")
+            jobs.append(parts.rotator.rotate(entry, catalog, image=forced, wait_for_pauses=False))
+        if not jobs:
+            raise ConfigError(f"--image: {image} is not inside the folder of any chosen entry")
+        gc.freeze()  # the entries and catalogs loaded above live until the end
+        try:
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await parts.pauses.close()
+            if parts.client is not None:
+                await parts.client.aclose()
+
+
+def _forced_image(folder: Path, image: str | None) -> str | None:
+    """Return ``image`` relative to ``folder``, or None when it is not inside."""
+    if image is None:
+        return None
+    path = Path(image).expanduser().resolve()
+    if not path.is_relative_to(folder):
+        return None
+    return escape_name(path.relative_to(folder).as_posix())
 
 
 # -- check ---------------------------------------------------------------------------------

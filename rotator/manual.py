@@ -217,9 +217,15 @@ def result_line(result: RotationResult) -> str:
 class LiveDaemon(Protocol):
     """What the control commands need of the running daemon."""
 
-    settings: Settings
     state: StateStore
-    pauses: PauseBoard
+
+    @property
+    def settings(self) -> Settings:
+        """Return the settings in force."""
+
+    @property
+    def pauses(self) -> PauseBoard:
+        """Return the daemon's pause board."""
 
     def catalog_of(self, entry_id: str) -> Catalog | None:
         """Return the catalog of an entry in force."""

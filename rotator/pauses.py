@@ -55,14 +55,15 @@ class PauseBoard:
     def __init__(
         self,
         state: StateStore,
-        settings: PolicySettings,
+        settings: PolicySettings | Callable[[], PolicySettings],
         *,
         check_credits: CreditsCheck | None = None,
         check_account: AccountCheck | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._state = state
-        self.settings = settings
+        # A callable is read afresh at each use: the daemon's reload swaps what it returns.
+        self._settings = settings if callable(settings) else lambda: settings
         self._check_credits = check_credits
         self._check_account = check_account
         self._clock = clock
@@ -72,6 +73,11 @@ class PauseBoard:
         self._changed = asyncio.Condition()
 
     # -- reading -------------------------------------------------------------------
+
+    @property
+    def settings(self) -> PolicySettings:
+        """Return the policy settings in force."""
+        return self._settings()
 
     def active(self, account: str) -> ActivePause | None:
         """Return the pause that holds writes for ``account`` (the key's first)."""

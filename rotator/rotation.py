@@ -93,37 +93,66 @@ def _epoch(value: dt.datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RotationSetup:
+    """What rotations are configured with; the daemon's reload swaps it whole."""
+
+    client: XquikClient | None  # None: dry run, nothing is ever sent
+    policy: PolicySettings
+    api: ApiSection
+    credits_per_call: int = 10  # credits counted when an answer has no billing
+
+
 class Rotator:
-    """Run rotations against the Xquik API (or pretend to, in a dry run)."""
+    """Run rotations against the Xquik API (or pretend to, in a dry run).
+
+    ``setup`` is read afresh at every step, not kept: a rotation that outlives a reload
+    (waiting out a pause, say) goes on under the new setup; a request already on the wire
+    finishes on the client it was sent with.
+    """
 
     def __init__(
         self,
         *,
         state: StateStore,
-        client: XquikClient | None,
         pacer: WritePacer,
         pauses: PauseBoard,
-        policy: PolicySettings,
-        api: ApiSection,
+        setup: RotationSetup | Callable[[], RotationSetup],
         fitted_dir: Path,
         rng: random.Random | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        credits_per_call: int = 10,
     ) -> None:
         self.state = state
-        self.client = client  # None: dry run, nothing is ever sent
         self.pacer = pacer
         self.pauses = pauses
-        self.policy = policy
-        self.api = api
+        self._setup = setup if callable(setup) else lambda: setup
         self.fitted_dir = fitted_dir
         self._rng = rng or random.Random()  # noqa: S311 - picking images is not cryptography
         self._clock = clock
         self._sleep = sleep
-        self.credits_per_call = credits_per_call  # credits counted when an answer has no billing
         self.writing: set[asyncio.Task[object]] = set()  # tasks with a request on the wire
         self._account_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def client(self) -> XquikClient | None:
+        """Return the client of the setup in force (None: dry run)."""
+        return self._setup().client
+
+    @property
+    def policy(self) -> PolicySettings:
+        """Return the policy settings in force."""
+        return self._setup().policy
+
+    @property
+    def api(self) -> ApiSection:
+        """Return the ``[api]`` settings in force."""
+        return self._setup().api
+
+    @property
+    def credits_per_call(self) -> int:
+        """Return the credits a write costs when its answer has no billing."""
+        return self._setup().credits_per_call
 
     @property
     def dry_run(self) -> bool:

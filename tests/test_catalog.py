@@ -20,9 +20,9 @@ from rotator.catalog import (
     MemoryValidationCache,
     ScanResult,
     natural_key,
-    prune_fitted,
 )
 from rotator.errors import ImageError
+from rotator.fitted import prune_fitted
 from rotator.images import FitSettings, ImageVerdict, fit_cache_name
 
 DEFAULT = FitSettings()

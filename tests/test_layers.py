@@ -21,15 +21,19 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("command line", frozenset({"cli"})),
     # One function per command; `run` starts the daemon, the others read or change state.
     ("commands", frozenset({"commands"})),
-    # The daemon's lifecycle: signals, reload, folders, schedules, heartbeat, drain.
+    # The daemon's lifecycle: start, signals, heartbeat, reload (a new bundle, swapped), drain.
     ("daemon", frozenset({"service"})),
+    # The entries in force: their schedules, due times and rotations.
+    ("entries", frozenset({"entries"})),
+    # What the daemon is made of: the bundle of parts built from the settings, the folders.
+    ("assembly", frozenset({"library", "parts"})),
     # Control by hand (pause, resume, skip, exclude, include, rotate now), daemon or state.
     ("by hand", frozenset({"manual"})),
     # One rotation: pick, load, send, act on the decision, record.
     ("rotation", frozenset({"rotation"})),
-    # The parts a rotation or the daemon drives; none of them imports another.
+    # The components a rotation or the daemon drives; none of them imports another.
     (
-        "parts",
+        "components",
         frozenset(
             {
                 "catalog",
@@ -46,6 +50,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
+    # Images fitted once (resized, re-encoded) and kept by content, for the catalogs.
+    ("fitted copies", frozenset({"fitted"})),
     # What comes in and goes out as plain data: settings, server answers, images, the
     # state, log lines, and the next step a person takes.
     (

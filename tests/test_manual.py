@@ -22,7 +22,7 @@ from rotator.logs import configure
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
-from rotator.rotation import Rotator
+from rotator.rotation import RotationSetup, Rotator
 from rotator.state import StateStore
 
 SETTINGS = PolicySettings(
@@ -107,11 +107,9 @@ def test_excluded_images_are_never_picked_until_included(tmp_path: Path, store: 
         pauses = PauseBoard(store, SETTINGS)
         rotator = Rotator(
             state=store,
-            client=None,
             pacer=WritePacer(100, 1.0, 4),
             pauses=pauses,
-            policy=SETTINGS,
-            api=ApiSection(),
+            setup=RotationSetup(client=None, policy=SETTINGS, api=ApiSection()),
             fitted_dir=tmp_path / "fitted",
         )
         return [(await rotator.rotate(entry, catalog)).image for _ in range(times)]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rotator.catalog import Catalog
 from rotator.images import FitSettings
-from rotator.service import StateValidationCache
+from rotator.library import StateValidationCache
 from rotator.state import StateStore
 
 

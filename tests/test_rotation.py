@@ -35,7 +35,7 @@ from rotator.logs import emit
 from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings
-from rotator.rotation import RotationResult, Rotator
+from rotator.rotation import RotationResult, RotationSetup, Rotator
 from rotator.state import StateStore
 
 ACCOUNT = "alice"
@@ -97,18 +97,21 @@ class Rig:
                     sleep=self.sleeps,
                     max_poll_time=self.max_poll_time,
                 ) as client:
-                    rotator = Rotator(
-                        state=state,
+                    setup = RotationSetup(
                         client=client,
-                        pacer=WritePacer(100, 60.0, 4),
-                        pauses=pauses,
                         policy=self.policy,
                         api=ApiSection(),
+                        credits_per_call=self.credits_per_call,
+                    )
+                    rotator = Rotator(
+                        state=state,
+                        pacer=WritePacer(100, 60.0, 4),
+                        pauses=pauses,
+                        setup=setup,
                         fitted_dir=self.tmp / "fitted",
                         rng=random.Random(5),
                         clock=lambda: self.now,
                         sleep=self.sleeps,
-                        credits_per_call=self.credits_per_call,
                     )
                     try:
                         return await rotator.rotate(

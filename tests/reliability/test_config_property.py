@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from rotator.config import Settings, load_settings
 from rotator.errors import ConfigError
+from rotator.parts import fit_settings
 from rotator.scheduling import cron_fire_times
-from rotator.service import fit_settings
 
 FOLDER = "img"
 SECTION_KEYS = {

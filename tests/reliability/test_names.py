@@ -12,8 +12,8 @@ from harness import cli_env, make_image, run_cli, write_config
 
 from rotator.catalog import Catalog
 from rotator.images import FitSettings
+from rotator.library import StateValidationCache
 from rotator.names import escape_name
-from rotator.service import StateValidationCache
 from rotator.state import StateStore
 
 # Raw names as another system may have written them (bytes, as the file system holds them).

@@ -1,0 +1,83 @@
+"""The library: the catalogs of the folders in use, kept true by real folder events."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from rotator.config import WatchSection
+from rotator.images import FitSettings
+from rotator.library import Library
+from rotator.state import StateStore
+
+
+def _png(path: Path, shade: int, size: int = 64) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (shade, 40, 40)).save(buffer, "PNG")
+    path.write_bytes(buffer.getvalue())
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``check`` holds (real events take real time), or fail."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the folder event never came"
+        await asyncio.sleep(0.02)
+
+
+def test_folder_events_reach_the_catalog_and_fitted_copies_of_gone_images_are_pruned(
+    tmp_path: Path,
+) -> None:
+    """A new file joins its catalog, a deleted one leaves it and its fitted copy is pruned."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    _png(pictures / "1.png", 10)
+    _png(pictures / "big.png", 20, size=600)  # fit = "always": it gets a fitted copy
+    fitted_dir = tmp_path / "state" / "fitted"
+    changed: list[Path | None] = []
+    background: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def go() -> tuple[list[str], list[str], list[str]]:
+        with StateStore.open(tmp_path / "state", lock=True) as state:
+            library = Library(
+                asyncio.get_running_loop(),
+                state=state,
+                fitted_dir=fitted_dir,
+                watch=WatchSection(mode="native", settle=0.05, poll_interval=0.1),
+                spawn=spawn,
+                on_change=changed.append,
+            )
+            fit = FitSettings(min_size=16, fit="always")
+            await library.start([pictures, pictures], fit)
+            catalog = library.catalog(pictures)
+            first = [image.relative for image in catalog.usable()]
+            big = catalog.get("big.png")
+            assert big is not None
+            catalog.load_payload(big, fitted_dir)  # stores the fitted copy
+            assert len(list(fitted_dir.iterdir())) == 1
+            _png(pictures / "2.png", 30)
+            await _until(lambda: catalog.get("2.png") is not None)
+            after_add = [image.relative for image in catalog.usable()]
+            os.unlink(pictures / "big.png")
+            await _until(lambda: catalog.get("big.png") is None)
+            await _until(lambda: not any(fitted_dir.iterdir()))
+            await asyncio.gather(*background)
+            library.close()
+            return first, after_add, [image.relative for image in catalog.usable()]
+
+    first, after_add, last = asyncio.run(go())
+    assert first == ["1.png", "big.png"], "the same folder twice is one catalog"
+    assert after_add == ["1.png", "2.png", "big.png"]
+    assert last == ["1.png", "2.png"]
+    assert pictures in changed, "the entries hear which folder changed"
