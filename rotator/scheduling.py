@@ -10,12 +10,19 @@ reschedules ``every`` entries from their last rotation's end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -80,7 +87,13 @@ def cron_missed_since(
 
 
 class RotationScheduler:
-    """Fire ``on_due(entry_id)`` on the event loop at each entry's time."""
+    """Fire ``on_due(entry_id)`` on the event loop at each entry's time.
+
+    Entries due at the same instant fire in config order (``set_order``; by default the
+    order they were first scheduled in): APScheduler runs ties in job-id order, so each
+    wake-up's due entries are gathered and handed on sorted by (due time, config rank).
+    That order is the order they queue at the pacer.
+    """
 
     def __init__(
         self,
@@ -96,6 +109,10 @@ class RotationScheduler:
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         )
         self._scheduler.add_listener(self._job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self._scheduler.add_listener(self._job_submitted, EVENT_JOB_SUBMITTED)
+        self._rank: dict[str, int] = {}  # entry id -> its place in the config
+        self._due_at: dict[str, dt.datetime] = {}  # entry id -> the due time being fired
+        self._firing: list[str] = []  # fired in this wake-up, not yet handed on
 
     def start(self) -> None:
         """Start firing jobs; must be called with the event loop running."""
@@ -105,6 +122,10 @@ class RotationScheduler:
         """Stop firing jobs (our jobs do not run long, so nothing is waited for)."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+    def set_order(self, entry_ids: Iterable[str]) -> None:
+        """Take the config's order of entries: ties in due time fire in this order."""
+        self._rank = {entry_id: rank for rank, entry_id in enumerate(entry_ids)}
 
     def schedule_cron(self, entry_id: str, schedule: Schedule, timezone: ZoneInfo) -> None:
         """Fire ``entry_id`` at every time of a cron schedule in ``timezone``."""
@@ -126,14 +147,35 @@ class RotationScheduler:
         return when
 
     def _add(self, entry_id: str, trigger: CronTrigger | DateTrigger) -> None:
+        self._rank.setdefault(entry_id, len(self._rank))
         self._scheduler.add_job(
             self._fire, trigger, args=[entry_id], id=entry_id, replace_existing=True
         )
 
     async def _fire(self, entry_id: str) -> None:
         # A coroutine, so APScheduler's asyncio executor runs it on the loop itself
-        # rather than in a worker thread.
-        self._on_due(entry_id)
+        # rather than in a worker thread. Every job of one wake-up got its task in that
+        # wake-up, so a callback queued now runs after all of them have reached here.
+        if not self._firing:
+            asyncio.get_running_loop().call_soon(self._hand_on)
+        self._firing.append(entry_id)
+
+    def _hand_on(self) -> None:
+        """Call ``on_due`` for this wake-up's entries: by due time, ties in config order."""
+        firing, self._firing = self._firing, []
+        never = dt.datetime.max.replace(tzinfo=UTC)
+        firing.sort(
+            key=lambda entry_id: (
+                self._due_at.pop(entry_id, never),
+                self._rank.get(entry_id, len(self._rank)),
+            )
+        )
+        for entry_id in firing:
+            self._on_due(entry_id)
+
+    def _job_submitted(self, event: JobSubmissionEvent) -> None:
+        # Dispatched as each due job is submitted, before its task runs: the due time.
+        self._due_at[str(event.job_id)] = max(event.scheduled_run_times)
 
     def _job_event(self, event: JobExecutionEvent) -> None:
         if self._on_missed is not None:

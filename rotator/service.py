@@ -558,6 +558,7 @@ class Daemon:
     ) -> tuple[list[str], list[str], list[str]]:
         """Make the entries in force be ``entries``; return added, removed, changed ids."""
         wanted = {entry.entry_id: entry for entry in entries}
+        self.scheduler.set_order(wanted)  # ties in due time go out in config order
         removed = [entry_id for entry_id in self._runs if entry_id not in wanted]
         for entry_id in removed:
             run = self._runs.pop(entry_id)

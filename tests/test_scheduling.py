@@ -224,3 +224,52 @@ def test_either_day_schedule_runs_in_the_live_scheduler() -> None:
     assert when is not None
     assert when.hour == 9
     assert when.day == 1 or when.strftime("%a") == "Mon"
+
+
+def test_entries_due_at_the_same_instant_fire_in_config_order() -> None:
+    """Prove ties in due time fire in config order (not by id), and time still comes first."""
+    config_order = ["zeta", "mid", "alpha", "omega", "beta"]  # ids sort otherwise
+
+    async def scenario() -> list[str]:
+        fired: list[str] = []
+        scheduler = RotationScheduler(fired.append)
+        scheduler.set_order(config_order)
+        now = dt.datetime.now(dt.UTC)
+        tie = now + dt.timedelta(seconds=0.4)
+        for entry_id in reversed(config_order):  # added in the opposite order
+            scheduler.schedule_at(entry_id, tie)
+        scheduler.schedule_at("last-in-config", now + dt.timedelta(seconds=0.2))
+        scheduler.start()
+        try:
+            for _ in range(100):
+                if len(fired) == len(config_order) + 1:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            scheduler.shutdown()
+        return fired
+
+    assert asyncio.run(scenario()) == ["last-in-config", *config_order]
+
+
+def test_without_an_order_ties_fire_in_the_order_first_scheduled() -> None:
+    """Prove that without set_order, ties fire in the order the entries were first scheduled."""
+    first_scheduled = ["c", "a", "b"]
+
+    async def scenario() -> list[str]:
+        fired: list[str] = []
+        scheduler = RotationScheduler(fired.append)
+        tie = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)
+        for entry_id in first_scheduled:
+            scheduler.schedule_at(entry_id, tie)
+        scheduler.start()
+        try:
+            for _ in range(100):
+                if len(fired) == len(first_scheduled):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            scheduler.shutdown()
+        return fired
+
+    assert asyncio.run(scenario()) == first_scheduled
