@@ -533,15 +533,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--write-sizes", nargs="*", type=int, default=[200, 600, 2000], help="rotate sizes"
     )
+    parser.add_argument(
+        "--pacing-entries", type=int, default=None, help="pacing row entries (10,000)"
+    )
+    parser.add_argument(
+        "--pacing-window",
+        type=float,
+        default=None,
+        help="pacing row window, seconds (60; a shorter one scales the run down in time)",
+    )
     args = parser.parse_args()
     args.sizes = [tuple(int(part) for part in size.split("x")) for size in args.sizes]
     args.ready_timeout = 120.0
-    args.pacing_entries, args.pacing_window = 10000, 60.0
+    entries, window = 10000, 60.0
     args.soak_rotations = 10000
     if args.quick:
         args.idle = min(args.idle, 20.0)
-        args.pacing_entries, args.pacing_window = 2000, 1.0
+        entries, window = 2000, 1.0
         args.soak_rotations = 2000
+    args.pacing_entries = args.pacing_entries or entries
+    args.pacing_window = args.pacing_window or window
     return args
 
 
