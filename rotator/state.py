@@ -771,10 +771,21 @@ class StateStore:
             "SELECT verdict FROM validation_cache WHERE path = ? AND size = ? AND mtime_ns = ?",
             (path, size, mtime_ns),
         )
-        if not rows:
-            return None
+        return self.cache_decode(rows[0][0]) if rows else None
+
+    def cache_snapshot(self) -> dict[str, tuple[int, int, str]]:
+        """Return the whole validation cache in one read: path -> (size, mtime_ns, raw verdict).
+
+        A start-up scan of thousands of folders asks this once instead of once per file.
+        """
+        rows = self._read("SELECT path, size, mtime_ns, verdict FROM validation_cache")
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    @staticmethod
+    def cache_decode(raw: str) -> dict[str, object] | None:
+        """Return a raw verdict as ``cache_get`` does (None when it is unreadable)."""
         try:
-            verdict = json.loads(rows[0][0])
+            verdict = json.loads(raw)
         except ValueError:
             return None  # an unreadable entry is a miss: the file is validated again
         return verdict if isinstance(verdict, dict) else None
