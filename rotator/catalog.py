@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -50,6 +51,12 @@ _OPEN_FLAGS |= getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_PATH = getattr(os, "O_PATH", 0)
 _PROC_FD = Path("/proc/self/fd")
+
+
+@functools.cache
+def _proc_fd_exists() -> bool:
+    """Tell whether /proc/self/fd is there (asked once, not with a stat per file opened)."""
+    return _PROC_FD.is_dir()
 
 
 def natural_key(relative_path: str) -> NaturalKey:
@@ -537,7 +544,7 @@ class Catalog:
         only a regular file proven inside is then opened, through that very descriptor.
         Raise ``OSError`` or ``_RefusedError``; the caller closes the descriptor.
         """
-        if _O_PATH and _PROC_FD.is_dir():
+        if _O_PATH and _proc_fd_exists():
             return self._open_through_anchor(path)
         try:
             fd = os.open(path, _OPEN_FLAGS | _NOFOLLOW)
