@@ -32,6 +32,7 @@ import json
 import os
 import sqlite3
 import stat
+import sys
 import tempfile
 import threading
 import urllib.parse
@@ -788,7 +789,14 @@ class StateStore:
             verdict = json.loads(raw)
         except ValueError:
             return None  # an unreadable entry is a miss: the file is validated again
-        return verdict if isinstance(verdict, dict) else None
+        if not isinstance(verdict, dict):
+            return None
+        # Short values ("png", "image/png", the settings key) repeat in every verdict:
+        # one shared copy each rather than one per image held in memory.
+        return {
+            key: sys.intern(value) if isinstance(value, str) and len(value) < 40 else value
+            for key, value in verdict.items()
+        }
 
     def cache_put(self, path: str, size: int, mtime_ns: int, verdict: Mapping[str, object]) -> None:
         """Store the verdict for ``path`` at this size and mtime, replacing any older one."""
