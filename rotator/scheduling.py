@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import sys
 from collections.abc import Callable, Iterable
 from zoneinfo import ZoneInfo
 
@@ -172,6 +173,7 @@ class RotationScheduler:
 
     def _join(self, entry_id: str, job_id: str) -> bool:
         """Put an entry in a job's group; True when that job must be added first."""
+        entry_id = sys.intern(entry_id)  # one copy of the id in every table here
         self._rank.setdefault(entry_id, len(self._rank))
         if self._job_of.get(entry_id) == job_id and self._scheduler.get_job(job_id) is not None:
             return False  # already there: its job's next time stands
