@@ -133,7 +133,7 @@ class RotationScheduler:
 
     def set_order(self, entry_ids: Iterable[str]) -> None:
         """Take the config's order of entries: ties in due time fire in this order."""
-        self._rank = {entry_id: rank for rank, entry_id in enumerate(entry_ids)}
+        self._rank = {sys.intern(entry_id): rank for rank, entry_id in enumerate(entry_ids)}
 
     def schedule_cron(self, entry_id: str, schedule: Schedule, timezone: ZoneInfo) -> None:
         """Fire ``entry_id`` at every time of a cron schedule in ``timezone``."""
