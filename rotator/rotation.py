@@ -9,11 +9,12 @@ refused images give way to the next one, pauses are waited out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -118,7 +119,8 @@ class Rotator:
         self._sleep = sleep
         self.credits_per_call = credits_per_call  # credits counted when an answer has no billing
         self.writing: set[asyncio.Task[object]] = set()  # tasks with a request on the wire
-        self._account_locks: dict[str, asyncio.Lock] = {}
+        # account -> its lock and how many rotations hold or wait for it (kept only then)
+        self._account_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @property
     def dry_run(self) -> bool:
@@ -286,11 +288,24 @@ class Rotator:
         emit("rotation.interrupted", account=rot.entry.account, reason=why)
         return self._result(rot, "skipped", why)
 
-    def _account_lock(self, account: str) -> asyncio.Lock:
-        lock = self._account_locks.get(account)
-        if lock is None:
-            lock = self._account_locks[account] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _account_lock(self, account: str) -> AsyncIterator[None]:
+        """Hold the account's lock; it is forgotten once no rotation holds or awaits it.
+
+        Kept for ever, 10,000 accounts' locks stayed in memory after their one rotation.
+        """
+        held = self._account_locks.get(account)
+        if held is None:
+            held = self._account_locks[account] = (asyncio.Lock(), [0])
+        lock, users = held
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._account_locks[account]
 
     def _new_key(self, rot: _Rotation) -> str:
         assert rot.payload is not None
