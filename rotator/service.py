@@ -745,6 +745,8 @@ class Daemon:
             self._changed(entry.entry_id)
             if self.metrics is not None:
                 self.metrics.update(self._figures())
+            if run.task is asyncio.current_task():
+                run.task = None  # over: its task and result are not kept per entry
         return result
 
     # -- folders -----------------------------------------------------------------------
