@@ -460,6 +460,11 @@ class Catalog:
         visited: set[tuple[int, int]],
         pending: list[CacheEntry],
     ) -> Iterator[FileResult]:
+        if not entry.is_symlink() and entry.is_file(follow_symlinks=False):
+            # The listing's own type says "regular file": _judge_file opens and fstats it
+            # anyway, so a stat here would be one more syscall per file for nothing.
+            yield self._judge_file(path, relative, pending)
+            return
         directory = path.parent
         if entry.is_symlink():
             try:
