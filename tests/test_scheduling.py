@@ -273,3 +273,44 @@ def test_without_an_order_ties_fire_in_the_order_first_scheduled() -> None:
         return fired
 
     assert asyncio.run(scenario()) == first_scheduled
+
+
+def test_entries_sharing_a_schedule_keep_their_own_due_times_and_removal() -> None:
+    """Prove entries sharing a schedule each fire and can be removed or moved one by one."""
+
+    async def scenario() -> tuple[list[str], dict[str, dt.datetime | None]]:
+        fired: list[str] = []
+        scheduler = RotationScheduler(fired.append)
+        scheduler.start()
+        try:
+            cron = parse_schedule("0 9 * * *")
+            for entry_id in ("a", "b", "c"):
+                scheduler.schedule_cron(entry_id, cron, BERLIN)
+            scheduler.remove("b")
+            scheduler.schedule_cron("c", parse_schedule("30 9 * * *"), BERLIN)  # moved
+            soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)
+            for entry_id in ("x", "y", "z"):
+                scheduler.schedule_at(entry_id, soon)
+            scheduler.remove("y")
+            dues = {entry_id: scheduler.next_due(entry_id) for entry_id in "abcxyz"}
+            for _ in range(100):
+                if len(fired) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            dues["x after firing"] = scheduler.next_due("x")
+        finally:
+            scheduler.shutdown()
+        return fired, dues
+
+    fired, dues = asyncio.run(scenario())
+    assert fired == ["x", "z"]
+    a, c = dues["a"], dues["c"]
+    assert a is not None
+    assert c is not None
+    assert a.astimezone(BERLIN).strftime("%H:%M") == "09:00"
+    assert c.astimezone(BERLIN).strftime("%H:%M") == "09:30"
+    assert dues["b"] is None
+    assert dues["y"] is None
+    assert dues["x"] is not None
+    assert dues["x after firing"] is None
