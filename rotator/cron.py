@@ -132,7 +132,22 @@ MAX_EVERY_SECONDS = 366 * 86400.0  # a yearly rotation is a cron job (`@yearly`)
 
 
 def parse_schedule(text: str) -> Schedule:
-    """Parse a schedule string; raise ``ValueError`` with a user-facing message."""
+    """Parse a schedule string; raise ``ValueError`` with a user-facing message.
+
+    Each distinct string is parsed once: an agency's 10,000 entries often share one
+    schedule, and then share one (immutable) parsed value instead of 10,000 copies.
+    """
+    if isinstance(text, str):
+        return _parse_schedule_once(text)
+    return _parse_schedule(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_schedule_once(text: str) -> Schedule:
+    return _parse_schedule(text)
+
+
+def _parse_schedule(text: str) -> Schedule:
     stripped = " ".join(str(text).split())
     if stripped.lower().startswith("every"):
         rest = stripped[5:].strip()
@@ -286,6 +301,18 @@ def _ordinal(day: int) -> str:
 
 
 def next_fire(
+    expression: CronExpression, zone: ZoneInfo | dt.tzinfo, after: dt.datetime
+) -> dt.datetime | None:
+    """Return the first instant (UTC) strictly after ``after`` at which cron(8) runs the job.
+
+    Remembered for recent questions: at start-up, thousands of entries sharing one
+    expression and zone ask the same question (the same ``now``, the same last fire).
+    """
+    return _next_fire(expression, zone, after)
+
+
+@functools.lru_cache(maxsize=256)
+def _next_fire(
     expression: CronExpression, zone: ZoneInfo | dt.tzinfo, after: dt.datetime
 ) -> dt.datetime | None:
     """Return the first instant (UTC) strictly after ``after`` at which cron(8) runs the job.

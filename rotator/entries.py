@@ -100,6 +100,7 @@ class Entries:
     async def use(self, entries: Sequence[AccountEntry]) -> tuple[list[str], list[str], list[str]]:
         """Make the entries in force be ``entries``; return added, removed, changed ids."""
         wanted = {entry.entry_id: entry for entry in entries}
+        self.scheduler.set_order(wanted)  # ties in due time go out in config order
         removed = [entry_id for entry_id in self._runs if entry_id not in wanted]
         writing = self._parts().rotator.writing
         for entry_id in removed:
@@ -253,6 +254,8 @@ class Entries:
                 self.scheduler.schedule_at(entry.entry_id, when)
             self.changed(entry.entry_id)
             self._on_rotated()
+            if run.task is asyncio.current_task():
+                run.task = None  # over: its task and result are not kept per entry
         return result
 
     # -- what the heartbeat and the metrics show ---------------------------------------

@@ -39,13 +39,21 @@ class StateValidationCache:
     def __init__(self, state: StateStore) -> None:
         self._state = state
         self.catalog: Catalog | None = None  # its images answer first: no query for them
+        # The whole cache read once for a start-up scan (None: one query per file).
+        self.snapshot: dict[str, tuple[int, int, str]] | None = None
 
     def get(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
         """Return the cached verdict of a file, if it has not changed since."""
         known = self._known(path, size, mtime_ns)
         if known is not None:
             return known
-        row = self._state.cache_get(path, size, mtime_ns)
+        if self.snapshot is not None:
+            saved = self.snapshot.get(path)
+            if saved is None or saved[:2] != (size, mtime_ns):
+                return None
+            row = self._state.cache_decode(saved[2])
+        else:
+            row = self._state.cache_get(path, size, mtime_ns)
         if row is None:
             return None
         try:
@@ -150,9 +158,14 @@ class Library:
             self._fit = fit
         wanted = dict.fromkeys(folders)  # once each, in order
         new_folders = [folder for folder in wanted if folder not in self._catalogs]
+        # Many new folders (a start): read the validation cache once, not once per file.
+        snapshot = self._state.cache_snapshot() if len(new_folders) >= SCAN_BATCH else None
+        caches = []
         for folder in new_folders:
             self._roots = None
             cache = StateValidationCache(self._state)
+            cache.snapshot = snapshot
+            caches.append(cache)
             self._catalogs[folder] = cache.catalog = Catalog(folder, fit, cache, self._log)
             self._locks[folder] = asyncio.Lock()
             # Watch first, then scan: a file that lands in between is seen by one of them.
@@ -162,6 +175,8 @@ class Library:
                 # A folder that does not exist yet is watched (and scanned) once it does.
                 emit("watch.failed", folder=str(folder), reason=str(exc))
         await self.rescan(new_folders)
+        for cache in caches:
+            cache.snapshot = None  # it was true for that scan only: later ones ask the state
         self._drop([folder for folder in self._catalogs if folder not in wanted])
 
     async def rescan(self, folders: Sequence[Path] | None = None, *, prune: bool = True) -> None:

@@ -57,10 +57,11 @@ class WritePacer:
         # The oldest answered write leaves the window first.
         return self._answered[0] + self.window - now
 
-    async def acquire(self) -> Callable[[], None]:
-        """Wait for a place; return the function that gives it back (once; more is a no-op).
+    async def acquire(self) -> Place:
+        """Wait for a place; return it, to be given back once (more is a no-op).
 
-        Give it back as soon as the write is answered: that moment starts its window.
+        Give it back as soon as the write is answered (call it): that moment starts its
+        window. A place whose write was never sent goes back with ``Place.unused``.
         """
         async with self._admission:
             while (delay := self.wait_time()) > 0:
@@ -69,22 +70,17 @@ class WritePacer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout)
             self._in_flight += 1
-        released = False
+        return Place(self)
 
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self._in_flight -= 1
+    def _give_back(self, *, sent: bool) -> None:
+        self._in_flight -= 1
+        if sent:
             self._answered.append(self._clock())
-            self._changed.set()
-
-        return release
+        self._changed.set()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Callable[[], None]]:
-        """Hold a place while the block runs; it yields ``release`` to give it back early."""
+    async def slot(self) -> AsyncIterator[Place]:
+        """Hold a place while the block runs; it yields the place, to give back early."""
         release = await self.acquire()
         try:
             yield release
@@ -95,3 +91,25 @@ class WritePacer:
         """Take new limits (config reload); writes already counted stay counted."""
         self.writes, self.window, self.concurrency = writes, window, concurrency
         self._changed.set()
+
+
+class Place:
+    """One write's place in the pacer: call it when the write is answered."""
+
+    __slots__ = ("_pacer",)
+
+    def __init__(self, pacer: WritePacer) -> None:
+        self._pacer: WritePacer | None = pacer
+
+    def __call__(self) -> None:
+        """Give the place back as a write sent: it counts in the window from now."""
+        self._give_back(sent=True)
+
+    def unused(self) -> None:
+        """Give the place back without a write: nothing went out, so nothing is counted."""
+        self._give_back(sent=False)
+
+    def _give_back(self, *, sent: bool) -> None:
+        pacer, self._pacer = self._pacer, None
+        if pacer is not None:
+            pacer._give_back(sent=sent)

@@ -14,11 +14,12 @@ that record back and forth across modules for no gain in clarity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -132,7 +133,8 @@ class Rotator:
         self._clock = clock
         self._sleep = sleep
         self.writing: set[asyncio.Task[object]] = set()  # tasks with a request on the wire
-        self._account_locks: dict[str, asyncio.Lock] = {}
+        # account -> its lock and how many rotations hold or wait for it (kept only then)
+        self._account_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @property
     def client(self) -> XquikClient | None:
@@ -208,21 +210,28 @@ class Rotator:
                 if rot.chosen is not None:
                     await self._prepare(rot)  # for a retry of the same image, if one follows
             else:
-                if not await self._prepare(rot):
-                    emit("rotation.skipped", account=entry.account, reason="no usable image")
-                    return self._result(rot, "skipped", "no usable image")
+                # A real write only chooses its image here and reads the bytes once the
+                # pacer lets it go (in _send): thousands of rotations due together wait
+                # their turn without holding thousands of payloads.
+                if self.client is None:
+                    chosen = await self._prepare(rot)
+                else:
+                    chosen = self._choose(rot) is not None
+                if not chosen:
+                    return self._no_image(rot)
                 if self.client is None:
                     return self._pretend(rot)
                 if (stopped := self._stopped(rot, stop_reason)) is not None:
                     return stopped
-                key = rot.replay_key or self._new_key(rot)
                 # One write per account at a time: an answer that pauses the account is
                 # seen by the account's next write before it goes out.
                 async with self._account_lock(entry.account):
-                    sent = await self._send(rot, key)
-                if sent is None:  # a pause began while this write waited for its turn
+                    sent = await self._send(rot)
+                if sent == "paused":  # a pause began while this write waited for its turn
                     continue
-                outcome = sent
+                if sent == "no image":  # none of the images could be read after all
+                    return self._no_image(rot)
+                key, outcome = sent
             rot.tries += 1
             attempt = Attempt(
                 tries=rot.tries,
@@ -298,6 +307,10 @@ class Rotator:
         rot.chosen, rot.replay_key = name, None  # a key belongs to the image it was sent with
         return usable[name]
 
+    def _no_image(self, rot: _Rotation) -> RotationResult:
+        emit("rotation.skipped", account=rot.entry.account, reason="no usable image")
+        return self._result(rot, "skipped", "no usable image")
+
     def _stopped(
         self, rot: _Rotation, stop_reason: Callable[[], str | None]
     ) -> RotationResult | None:
@@ -309,11 +322,24 @@ class Rotator:
         emit("rotation.interrupted", account=rot.entry.account, reason=why)
         return self._result(rot, "interrupted", why)
 
-    def _account_lock(self, account: str) -> asyncio.Lock:
-        lock = self._account_locks.get(account)
-        if lock is None:
-            lock = self._account_locks[account] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _account_lock(self, account: str) -> AsyncIterator[None]:
+        """Hold the account's lock; it is forgotten once no rotation holds or awaits it.
+
+        Kept for ever, 10,000 accounts' locks stayed in memory after their one rotation.
+        """
+        held = self._account_locks.get(account)
+        if held is None:
+            held = self._account_locks[account] = (asyncio.Lock(), [0])
+        lock, users = held
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._account_locks[account]
 
     def _new_key(self, rot: _Rotation) -> str:
         assert rot.payload is not None
@@ -351,8 +377,25 @@ class Rotator:
 
         return keep
 
-    async def _send(self, rot: _Rotation, key: str) -> Outcome | None:
-        """Send the write when the pacer allows; None when a pause began meanwhile."""
+    async def _send(self, rot: _Rotation) -> tuple[str, Outcome] | Literal["paused", "no image"]:
+        """Send the write when the pacer allows; return its key and outcome, or why not."""
+        assert self.client is not None
+        async with self.pacer.slot() as answered:
+            if self.pauses.active(rot.entry.account) is not None:
+                answered.unused()
+                return "paused"
+            # The bytes are read only now, with the place granted (kept across retries).
+            if not await self._prepare(rot):
+                answered.unused()
+                return "no image"
+            key = rot.replay_key or self._new_key(rot)
+            outcome = await self._send_now(rot, key, answered)
+        if outcome.request_id is not None:
+            self._keep(rot, request_id=outcome.request_id)
+        return key, outcome
+
+    async def _send_now(self, rot: _Rotation, key: str, answered: Callable[[], None]) -> Outcome:
+        """Record the write, then send it (the pacer's place is held by the caller)."""
         assert self.client is not None
         image, payload = rot.ready()
         url = self._url_for(rot)
@@ -368,35 +411,27 @@ class Rotator:
             last_status="sending",
         )
         self.state.save_write(rot.record, now=self._clock())
-        async with self.pacer.slot() as answered:
-            if self.pauses.active(rot.entry.account) is not None:
-                return None
-            task = asyncio.current_task()
+        task = asyncio.current_task()
+        if task is not None:
+            self.writing.add(task)
+        try:
+            # Exactly one of the two: an HTTPS URL Xquik fetches, or the bytes themselves.
+            file = (
+                None
+                if url is not None
+                else FilePayload(data=payload.data, filename=payload.filename, mime=payload.mime)
+            )
+            return await self.client.update_avatar(
+                rot.entry.account,
+                idempotency_key=key,
+                file=file,
+                url=url,
+                on_answer=answered,
+                on_record=self._on_record(rot),
+            )
+        finally:
             if task is not None:
-                self.writing.add(task)
-            try:
-                # Exactly one of the two: an HTTPS URL Xquik fetches, or the bytes themselves.
-                file = (
-                    None
-                    if url is not None
-                    else FilePayload(
-                        data=payload.data, filename=payload.filename, mime=payload.mime
-                    )
-                )
-                outcome = await self.client.update_avatar(
-                    rot.entry.account,
-                    idempotency_key=key,
-                    file=file,
-                    url=url,
-                    on_answer=answered,
-                    on_record=self._on_record(rot),
-                )
-            finally:
-                if task is not None:
-                    self.writing.discard(task)
-        if outcome.request_id is not None:
-            self._keep(rot, request_id=outcome.request_id)
-        return outcome
+                self.writing.discard(task)
 
     async def _resume(self, rot: _Rotation) -> Outcome:
         """Poll the pending write the ledger holds until it resolves (or polling must stop)."""

@@ -575,13 +575,23 @@ class FolderWatcher:
 
 
 def _directories(top: Path) -> Iterator[Path]:
-    """Yield ``top`` and every directory under it, not following symlinks."""
+    """Yield ``top`` and every directory under it, not following symlinks.
+
+    One ``scandir`` per directory, its entry types deciding (no ``stat`` per entry):
+    watching 10,000 folders of one image each is 10,000 listings, nothing more.
+    """
     yield top
-    for root, dirnames, _files in os.walk(top):
-        for name in dirnames:
-            path = Path(root, name)
-            if not path.is_symlink():
-                yield path
+    pending = [str(top)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                found = [entry.path for entry in listing if entry.is_dir(follow_symlinks=False)]
+        except OSError:  # vanished or unreadable meanwhile, as os.walk skips it
+            continue
+        for path in sorted(found, reverse=True):
+            pending.append(path)
+        for path in sorted(found):
+            yield Path(path)
 
 
 def _snapshot(folder: Path) -> DirectorySnapshot:

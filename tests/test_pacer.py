@@ -317,3 +317,21 @@ def test_sliding_window_invariant_holds_in_random_runs(seed: int) -> None:
         in_flight = [s for s, a in records if s <= start < a]
         assert len(holding) <= writes, (start, sorted(records))
         assert len(in_flight) <= concurrency, (start, sorted(records))
+
+
+def test_a_place_given_back_unused_is_not_counted_in_the_window() -> None:
+    """Prove a place returned with unused() frees the slot and takes no room in the window."""
+
+    async def scenario() -> tuple[float, float]:
+        pacer = WritePacer(1, 60.0, 1, clock=lambda: 0.0)
+        place = await pacer.acquire()
+        place.unused()
+        place()  # a second give-back is a no-op
+        free_after_unused = pacer.wait_time()
+        sent = await pacer.acquire()
+        sent()
+        return free_after_unused, pacer.wait_time()
+
+    free_after_unused, after_a_write = asyncio.run(scenario())
+    assert free_after_unused == 0.0
+    assert after_a_write == 60.0

@@ -56,3 +56,33 @@ def test_an_unchanged_file_keeps_the_catalogs_verdict_without_the_database(
         again = fresh.get("a.png")
         assert again is not None
         assert again.verdict.sha256 != first.verdict.sha256
+
+
+def test_a_start_up_scan_reads_verdicts_from_one_snapshot_of_the_cache(tmp_path: Path) -> None:
+    """A snapshot answers like the database: its verdict when unchanged, a decode when not."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png((255, 0, 0)))
+    (folder / "b.png").write_bytes(_png((0, 255, 0)))
+    with StateStore.open(tmp_path / "state", lock=False) as state:
+        first = _catalog(folder, state)
+        first.apply_scan(first.scan())
+        snapshot = state.cache_snapshot()
+        assert set(snapshot) == {str(first.folder / "a.png"), str(first.folder / "b.png")}
+        # The database forgets a.png; the snapshot (taken before) still answers for it.
+        state.cache_forget(str(first.folder / "a.png"))
+        (folder / "b.png").write_bytes(_png((0, 0, 255)))  # changed: the snapshot is stale
+        cache = StateValidationCache(state)
+        cache.snapshot = snapshot
+        restarted = Catalog(folder, FitSettings(), cache, lambda *_, **__: None)
+        restarted.apply_scan(restarted.scan())
+        a, b = restarted.get("a.png"), restarted.get("b.png")
+        first_a, first_b = first.get("a.png"), first.get("b.png")
+        assert a is not None
+        assert b is not None
+        assert first_a is not None
+        assert first_b is not None
+        assert a.verdict == first_a.verdict
+        assert b.verdict.sha256 != first_b.verdict.sha256  # decoded again, not the old verdict
+        # The changed file's new verdict went to the database, as a scan without one does.
+        assert state.cache_get(str(first.folder / "b.png"), b.size_bytes, b.mtime_ns) is not None

@@ -701,3 +701,86 @@ def test_an_sdk_dumped_success_without_charge_costs_nothing(rig: Rig) -> None:
     rig.fake.script(Reply(status=200, json=answer))
     assert rig.rotate().kind == "uploaded"
     assert rig.events("avatar.uploaded")[0]["credits"] == 0
+
+
+# -- pacing and memory -----------------------------------------------------------------
+
+
+class CountingPacer(WritePacer):
+    """The real pacer, counting the places it granted."""
+
+    granted = 0
+
+    async def acquire(self) -> Any:
+        """Wait for a place as the pacer does, then count it."""
+        place = await super().acquire()
+        self.granted += 1
+        return place
+
+
+class CountingCatalog(Catalog):
+    """The real catalog, noting for each payload it read how many places were granted then."""
+
+    def __init__(self, pacer: CountingPacer, *args: Any) -> None:
+        super().__init__(*args)
+        self.pacer = pacer
+        self.grants_at_reads: list[int] = []
+
+    def load_payload(self, image: Any, fitted_dir: Path) -> Any:
+        """Read the payload as the catalog does, noting the grants so far."""
+        self.grants_at_reads.append(self.pacer.granted)
+        return super().load_payload(image, fitted_dir)
+
+
+def test_rotations_waiting_for_the_pacer_hold_no_image_bytes(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """Prove image bytes are read only after the pacer grants the write, not while waiting."""
+    accounts = ["myxaccount", "alice", "bob"]
+
+    async def go() -> tuple[list[int], int, int]:
+        pacer = CountingPacer(2, 3600.0, 4)  # two writes, then a wait of an hour
+        with StateStore.open(tmp_path / "state") as state:
+            pauses = PauseBoard(state, POLICY)
+            pauses.restore()
+            async with XquikClient(fake_xquik.base_url, fake_xquik.api_key, timeout=5.0) as client:
+                rotator = Rotator(
+                    state=state,
+                    client=client,
+                    pacer=pacer,
+                    pauses=pauses,
+                    policy=POLICY,
+                    api=ApiSection(),
+                    fitted_dir=tmp_path / "fitted",
+                )
+                catalogs, tasks = [], []
+                for number, account in enumerate(accounts):
+                    folder = tmp_path / account
+                    folder.mkdir()
+                    (folder / "1.png").write_bytes(_png(number))
+                    catalog = CountingCatalog(
+                        pacer, folder, FitSettings(), MemoryValidationCache(), emit
+                    )
+                    catalog.apply_scan(await asyncio.to_thread(catalog.scan))
+                    catalogs.append(catalog)
+                    entry = AccountEntry(account=account, folder=folder, schedule="every 1h")
+                    tasks.append(asyncio.create_task(rotator.rotate(entry, catalog)))
+                while len(fake_xquik.writes()) < 2 or pacer.wait_time() == 0:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # the third rotation waits at the pacer
+                waiting = sum(not task.done() for task in tasks)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await pauses.close()
+        reads = [grants for catalog in catalogs for grants in catalog.grants_at_reads]
+        return reads, pacer.granted, waiting
+
+    with capture_logs():
+        reads, granted, waiting = asyncio.run(go())
+    assert (granted, waiting) == (2, 1)
+    # Two reads for two grants, none for the one waiting; the n-th read came after the
+    # n-th grant (a read may see the next grant too: it runs in a worker thread).
+    assert len(reads) == 2
+    assert all(grants >= number for number, grants in enumerate(sorted(reads), start=1))
+    assert len(fake_xquik.writes()) == 2

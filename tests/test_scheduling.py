@@ -220,3 +220,93 @@ def test_either_day_schedule_runs_in_the_live_scheduler() -> None:
     assert when is not None
     assert when.hour == 9
     assert when.day == 1 or when.strftime("%a") == "Mon"
+
+
+def test_entries_due_at_the_same_instant_fire_in_config_order() -> None:
+    """Prove ties in due time fire in config order (not by id), and time still comes first."""
+    config_order = ["zeta", "mid", "alpha", "omega", "beta"]  # ids sort otherwise
+
+    async def scenario() -> list[str]:
+        fired: list[str] = []
+        scheduler = RotationScheduler(fired.append)
+        scheduler.set_order(config_order)
+        now = dt.datetime.now(dt.UTC)
+        tie = now + dt.timedelta(seconds=0.4)
+        for entry_id in reversed(config_order):  # added in the opposite order
+            scheduler.schedule_at(entry_id, tie)
+        scheduler.schedule_at("last-in-config", now + dt.timedelta(seconds=0.2))
+        scheduler.start()
+        try:
+            for _ in range(100):
+                if len(fired) == len(config_order) + 1:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            scheduler.shutdown()
+        return fired
+
+    assert asyncio.run(scenario()) == ["last-in-config", *config_order]
+
+
+def test_without_an_order_ties_fire_in_the_order_first_scheduled() -> None:
+    """Prove that without set_order, ties fire in the order the entries were first scheduled."""
+    first_scheduled = ["c", "a", "b"]
+
+    async def scenario() -> list[str]:
+        fired: list[str] = []
+        scheduler = RotationScheduler(fired.append)
+        tie = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)
+        for entry_id in first_scheduled:
+            scheduler.schedule_at(entry_id, tie)
+        scheduler.start()
+        try:
+            for _ in range(100):
+                if len(fired) == len(first_scheduled):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            scheduler.shutdown()
+        return fired
+
+    assert asyncio.run(scenario()) == first_scheduled
+
+
+def test_entries_sharing_a_schedule_keep_their_own_due_times_and_removal() -> None:
+    """Prove entries sharing a schedule each fire and can be removed or moved one by one."""
+
+    async def scenario() -> tuple[list[str], dict[str, dt.datetime | None]]:
+        fired: list[str] = []
+        scheduler = RotationScheduler(fired.append)
+        scheduler.start()
+        try:
+            cron = parse_schedule("0 9 * * *")
+            for entry_id in ("a", "b", "c"):
+                scheduler.schedule_cron(entry_id, cron, BERLIN)
+            scheduler.remove("b")
+            scheduler.schedule_cron("c", parse_schedule("30 9 * * *"), BERLIN)  # moved
+            soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)
+            for entry_id in ("x", "y", "z"):
+                scheduler.schedule_at(entry_id, soon)
+            scheduler.remove("y")
+            dues = {entry_id: scheduler.next_due(entry_id) for entry_id in "abcxyz"}
+            for _ in range(100):
+                if len(fired) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            dues["x after firing"] = scheduler.next_due("x")
+        finally:
+            scheduler.shutdown()
+        return fired, dues
+
+    fired, dues = asyncio.run(scenario())
+    assert fired == ["x", "z"]
+    a, c = dues["a"], dues["c"]
+    assert a is not None
+    assert c is not None
+    assert a.astimezone(BERLIN).strftime("%H:%M") == "09:00"
+    assert c.astimezone(BERLIN).strftime("%H:%M") == "09:30"
+    assert dues["b"] is None
+    assert dues["y"] is None
+    assert dues["x"] is not None
+    assert dues["x after firing"] is None
