@@ -746,11 +746,9 @@ def test_rotations_waiting_for_the_pacer_hold_no_image_bytes(
             async with XquikClient(fake_xquik.base_url, fake_xquik.api_key, timeout=5.0) as client:
                 rotator = Rotator(
                     state=state,
-                    client=client,
                     pacer=pacer,
                     pauses=pauses,
-                    policy=POLICY,
-                    api=ApiSection(),
+                    setup=RotationSetup(client=client, policy=POLICY, api=ApiSection()),
                     fitted_dir=tmp_path / "fitted",
                 )
                 catalogs, tasks = [], []
