@@ -31,10 +31,9 @@ from rotator.library import Library
 from rotator.logs import emit
 from rotator.metrics import EntryFigures, Snapshot, entry_label
 from rotator.parts import Parts
-from rotator.pauses import ActivePause
 from rotator.rotation import RotationResult
 from rotator.scheduling import RotationScheduler, cron_missed_since
-from rotator.state import EntryState, StateStore
+from rotator.state import EntryState, Pause, StateStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +297,7 @@ class Entries:
             )
         return self._due_cache
 
-    def figures(self, pauses: Sequence[ActivePause]) -> Snapshot:
+    def figures(self, pauses: Sequence[Pause]) -> Snapshot:
         """Return the metrics snapshot; only entries changed since the last one are read."""
         stale = self._stale_figures
         if stale is None:

@@ -23,7 +23,7 @@ from rotator.logs import emit
 from rotator.pauses import PauseBoard
 from rotator.planner import Position, advance, next_image
 from rotator.rotation import RotationResult
-from rotator.state import PauseScope, StateStore
+from rotator.state import Pause, PauseScope, StateStore
 
 MANUAL = "manual"
 PAUSED_BY_HAND = "paused by hand"
@@ -95,15 +95,17 @@ def _until_text(seconds: float | None) -> str:
 def pause_offline(state: StateStore, account: str | None, seconds: float | None) -> str:
     """Pause writes in the state (the daemon takes it up when it starts); return what was done."""
     now = utc_now()
-    state.set_pause(
+    until = now + dt.timedelta(seconds=UNTIL_RESUMED if seconds is None else seconds)
+    pause = Pause(
         scope=_scope(account),
         account=account,
         kind=MANUAL,
         reason=PAUSED_BY_HAND,
-        until=now + dt.timedelta(seconds=UNTIL_RESUMED if seconds is None else seconds),
+        until=until,
         level=0,
-        now=now,
+        started=now,
     )
+    state.set_pause(pause, now=now)
     return f"paused {_who(account)} {_until_text(seconds)}"
 
 

@@ -15,13 +15,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import cast
 
 from rotator.advice import next_step
 from rotator.clock import utc_now
 from rotator.logs import emit
 from rotator.policy import PauseKind, PolicySettings, doubling
-from rotator.state import PauseScope, StateStore
+from rotator.state import Pause, PauseScope, StateStore
 
 CreditsCheck = Callable[[], Awaitable[bool | None]]
 AccountCheck = Callable[[str], Awaitable[bool | None]]
@@ -29,24 +28,6 @@ RETRY_FAILED_CHECK = 30.0  # seconds before a pause whose end could not be handl
 _KINDS: frozenset[str] = frozenset(
     {"rate_limit", "x_rate_limited", "daily", "account", "credits", "auth", "manual"}
 )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ActivePause:
-    """One pause in force."""
-
-    scope: PauseScope
-    account: str | None
-    kind: PauseKind
-    reason: str
-    until: dt.datetime
-    level: int
-    started: dt.datetime
-
-    def summary(self) -> str:
-        """Return a one-line summary (``credits (insufficient_credits) until ...``)."""
-        who = "all accounts" if self.scope == "key" else self.account
-        return f"{who}: {self.kind} ({self.reason}) until {self.until.isoformat()}"
 
 
 class PauseBoard:
@@ -67,7 +48,7 @@ class PauseBoard:
         self._check_credits = check_credits
         self._check_account = check_account
         self._clock = clock
-        self._pauses: dict[tuple[PauseScope, str | None], ActivePause] = {}
+        self._pauses: dict[tuple[PauseScope, str | None], Pause] = {}
         self._levels: dict[tuple[str, str | None, str], int] = {}
         self._timers: dict[tuple[PauseScope, str | None], asyncio.Task[None]] = {}
         self._changed = asyncio.Condition()
@@ -79,19 +60,19 @@ class PauseBoard:
         """Return the policy settings in force."""
         return self._settings()
 
-    def active(self, account: str) -> ActivePause | None:
+    def active(self, account: str) -> Pause | None:
         """Return the pause that holds writes for ``account`` (the key's first)."""
         return self._pauses.get(("key", None)) or self._pauses.get(("account", account))
 
-    def current(self, scope: PauseScope, account: str | None) -> ActivePause | None:
+    def current(self, scope: PauseScope, account: str | None) -> Pause | None:
         """Return the pause in force for exactly this scope (and account), if any."""
         return self._pauses.get((scope, account if scope == "account" else None))
 
-    def all(self) -> list[ActivePause]:
+    def all(self) -> list[Pause]:
         """Return every pause in force."""
         return list(self._pauses.values())
 
-    def level_for(self, scope: PauseScope, account: str | None, kind: PauseKind) -> int:
+    def level_for(self, scope: PauseScope, account: str | None, kind: str) -> int:
         """Return how many times this pause came back without a success in between."""
         return self._levels.get((scope, account if scope == "account" else None, kind), 0)
 
@@ -99,23 +80,11 @@ class PauseBoard:
 
     def restore(self) -> None:
         """Take up the pauses kept in the state (a restart does not end them early)."""
-        for row in self._state.pauses():
-            kind = row.kind
-            if kind not in _KINDS:
+        for pause in self._state.pauses():
+            if pause.kind not in _KINDS:
                 continue
-            scope = row.scope
-            account = row.account if scope == "account" else None
-            pause = ActivePause(
-                scope=scope,
-                account=account,
-                kind=cast(PauseKind, kind),
-                reason=row.reason,
-                until=row.until,
-                level=row.level,
-                started=row.started,
-            )
-            self._levels[(scope, account, kind)] = row.level + 1
-            self._pauses[(scope, account)] = pause
+            self._levels[(pause.scope, pause.account, pause.kind)] = pause.level + 1
+            self._pauses[(pause.scope, pause.account)] = pause
             self._arm(pause)
 
     def pause(
@@ -126,7 +95,7 @@ class PauseBoard:
         kind: PauseKind,
         reason: str,
         seconds: float,
-    ) -> ActivePause:
+    ) -> Pause:
         """Pause writes of the key or of one account for ``seconds`` (extend, never shorten)."""
         now = self._clock()
         account = account if scope == "account" else None
@@ -140,7 +109,7 @@ class PauseBoard:
             self._store(extended)
             self._arm(extended)
             return extended
-        pause = ActivePause(
+        pause = Pause(
             scope=scope,
             account=account,
             kind=kind,
@@ -226,19 +195,11 @@ class PauseBoard:
 
     # -- internals -----------------------------------------------------------------
 
-    def _store(self, pause: ActivePause) -> None:
+    def _store(self, pause: Pause) -> None:
         self._pauses[(pause.scope, pause.account)] = pause
-        self._state.set_pause(
-            scope=pause.scope,
-            account=pause.account,
-            kind=pause.kind,
-            reason=pause.reason,
-            until=pause.until,
-            level=pause.level,
-            now=self._clock(),
-        )
+        self._state.set_pause(pause, now=self._clock())
 
-    def _arm(self, pause: ActivePause) -> None:
+    def _arm(self, pause: Pause) -> None:
         key = (pause.scope, pause.account)
         old = self._timers.pop(key, None)
         if old is not None and old is not asyncio.current_task():
@@ -266,7 +227,7 @@ class PauseBoard:
                 emit("pause.check_failed", scope=pause.scope, account=pause.account, error=str(exc))
                 await asyncio.sleep(RETRY_FAILED_CHECK)
 
-    async def _still_needed(self, pause: ActivePause) -> float | None:
+    async def _still_needed(self, pause: Pause) -> float | None:
         """Return how much longer a pause must last by a free check, or None to end it."""
         if pause.kind == "credits" and self._check_credits is not None:
             # Only a balance that shows credits ends it: never spend a write to find out.

@@ -212,6 +212,11 @@ class Pause:
     level: int  # how many times in a row it was extended, for doubling
     started: dt.datetime
 
+    def summary(self) -> str:
+        """Return a one-line summary (``credits (insufficient_credits) until ...``)."""
+        who = "all accounts" if self.scope == "key" else self.account
+        return f"{who}: {self.kind} ({self.reason}) until {self.until.isoformat()}"
+
 
 def _time_text(value: dt.datetime) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
@@ -522,22 +527,12 @@ class StateStore:
 
     # --- pauses --------------------------------------------------------------------------
 
-    def set_pause(
-        self,
-        *,
-        scope: PauseScope,
-        account: str | None,
-        kind: str,
-        reason: str,
-        until: dt.datetime,
-        level: int,
-        now: dt.datetime,
-    ) -> None:
+    def set_pause(self, pause: Pause, *, now: dt.datetime) -> None:
         """Start or extend the pause of the key or of one account.
 
-        ``started`` is kept when an active pause is extended, and reset otherwise.
+        ``started`` is kept when an active pause is extended, and reset to ``now`` otherwise.
         """
-        key = _pause_key(scope, account)
+        key = _pause_key(pause.scope, pause.account)
         when = _time_text(now)
         with self._write() as conn:
             conn.execute(
@@ -547,7 +542,7 @@ class StateStore:
                    reason = excluded.reason, until = excluded.until, level = excluded.level,
                    started = CASE WHEN pauses.until > excluded.started
                                   THEN pauses.started ELSE excluded.started END""",
-                (*key, kind, reason, _time_text(until), level, when),
+                (*key, pause.kind, pause.reason, _time_text(pause.until), pause.level, when),
             )
 
     def pauses(self) -> list[Pause]:

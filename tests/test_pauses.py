@@ -22,7 +22,7 @@ import structlog
 from rotator import logs
 from rotator.pauses import PauseBoard
 from rotator.policy import PolicySettings, doubling
-from rotator.state import StateStore
+from rotator.state import Pause, StateStore
 
 BOUND = 5.0  # seconds; a safety net against hangs, never an expectation
 SETTINGS = PolicySettings(
@@ -277,12 +277,15 @@ def test_a_pause_that_ran_out_while_stopped_ends_at_restore(
     async def main() -> None:
         past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         store.set_pause(
-            scope="account",
-            account="bob",
-            kind="x_rate_limited",
-            reason="x_rate_limited",
-            until=past,
-            level=0,
+            Pause(
+                scope="account",
+                account="bob",
+                kind="x_rate_limited",
+                reason="x_rate_limited",
+                until=past,
+                level=0,
+                started=past - dt.timedelta(minutes=1),
+            ),
             now=past - dt.timedelta(minutes=1),
         )
         board = PauseBoard(store, SETTINGS)

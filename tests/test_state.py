@@ -22,6 +22,7 @@ from rotator.state import (
     DB_NAME,
     SCHEMA_VERSION,
     HistoryRow,
+    Pause,
     PauseScope,
     StateStore,
     WriteRecord,
@@ -108,7 +109,16 @@ def pause(
 ) -> None:
     """Set a pause with positional scope, account and reason."""
     store.set_pause(
-        scope=scope, account=account, kind=kind, reason=reason, until=until, level=level, now=now
+        Pause(
+            scope=scope,
+            account=account,
+            kind=kind,
+            reason=reason,
+            until=until,
+            level=level,
+            started=now,
+        ),
+        now=now,
     )
 
 

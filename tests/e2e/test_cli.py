@@ -18,7 +18,7 @@ from harness import cli_env, make_image, run_cli, write_config
 
 import rotator
 from rotator.heartbeat import write_heartbeat
-from rotator.state import StateStore
+from rotator.state import Pause, StateStore
 
 COMMANDS = (
     "run",
@@ -1162,12 +1162,15 @@ def test_health_is_unhealthy_only_when_every_account_is_paused(
     now = dt.datetime.now(dt.UTC)
     with StateStore.open(state_dir) as state:
         state.set_pause(
-            scope="account",
-            account="alice",
-            kind="account",
-            reason="account_needs_reauth",
-            until=now + dt.timedelta(hours=1),
-            level=0,
+            Pause(
+                scope="account",
+                account="alice",
+                kind="account",
+                reason="account_needs_reauth",
+                until=now + dt.timedelta(hours=1),
+                level=0,
+                started=now,
+            ),
             now=now,
         )
     write_heartbeat(state_dir, now, {"pid": 1, "pause_kinds": ["account"]})
@@ -1175,24 +1178,30 @@ def test_health_is_unhealthy_only_when_every_account_is_paused(
     assert one.returncode == 0, one.stdout
     with StateStore.open(state_dir) as state:
         state.set_pause(
-            scope="account",
-            account="bob",
-            kind="x_rate_limited",
-            reason="x_rate_limited",
-            until=now + dt.timedelta(minutes=5),
-            level=0,
+            Pause(
+                scope="account",
+                account="bob",
+                kind="x_rate_limited",
+                reason="x_rate_limited",
+                until=now + dt.timedelta(minutes=5),
+                level=0,
+                started=now,
+            ),
             now=now,
         )
     throttled = _cli(config, "health", env=cli_env(None))
     assert throttled.returncode == 0, "a throttle of minutes is not a reason to restart"
     with StateStore.open(state_dir) as state:
         state.set_pause(
-            scope="account",
-            account="bob",
-            kind="daily",
-            reason="x_daily_limit",
-            until=now + dt.timedelta(hours=20),
-            level=0,
+            Pause(
+                scope="account",
+                account="bob",
+                kind="daily",
+                reason="x_daily_limit",
+                until=now + dt.timedelta(hours=20),
+                level=0,
+                started=now,
+            ),
             now=now,
         )
     both = _cli(config, "health", env=cli_env(None))
