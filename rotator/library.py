@@ -116,9 +116,7 @@ class Library:
         self._quiet_adds: int | None = None  # counting start-up's image.added, not logging them
         self.watcher = FolderWatcher(
             loop,
-            mode=watch.mode,
-            settle=watch.settle,
-            poll_interval=watch.poll_interval,
+            watch,
             log=emit,
             on_file_ready=self._on_file_ready,
             on_path_gone=self._on_path_gone,

@@ -48,6 +48,7 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
+from rotator.config import WatchSection
 from rotator.errors import RotatorError
 
 WatchMode = Literal["auto", "native", "polling"]
@@ -159,23 +160,22 @@ class FolderWatcher:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        watch: WatchSection,
         *,
-        mode: WatchMode,
-        settle: float,
-        poll_interval: float,
         log: Callable[..., None],
         on_file_ready: Callable[[Path], None],
         on_path_gone: Callable[[Path], None],
         on_dir_appeared: Callable[[Path], None],
         inotify_factory: Callable[[], Inotify] = Inotify,
     ) -> None:
+        mode: WatchMode = watch.mode
         if mode not in ("auto", "native", "polling"):
             raise ValueError(f"watch mode must be auto, native or polling, not {mode!r}")
         self._loop = loop
         self._mode = mode
-        self._settle = max(0.0, settle)
+        self._settle = max(0.0, watch.settle)
         self._check_interval = min(max(self._settle / 2, _MIN_CHECK_INTERVAL), _MAX_CHECK_INTERVAL)
-        self._poll_interval = poll_interval
+        self._poll_interval = watch.poll_interval
         self._log = log
         self._on_file_ready = on_file_ready
         self._on_path_gone = on_path_gone

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from rotator.config import WatchSection
 from rotator.errors import RotatorError
 from rotator.watcher import FolderWatcher, Inotify, WatchMode
 
@@ -85,9 +86,7 @@ def run(
         reports = Reports()
         watcher = FolderWatcher(
             asyncio.get_running_loop(),
-            mode=mode,
-            settle=settle,
-            poll_interval=0.1,
+            WatchSection(mode=mode, settle=settle, poll_interval=0.1),
             log=reports,
             on_file_ready=reports.on_file_ready,
             on_path_gone=reports.on_path_gone,
@@ -294,9 +293,7 @@ def test_native_mode_raises_when_inotify_fails(folder: Path) -> None:
     async def main() -> None:
         watcher = FolderWatcher(
             asyncio.get_running_loop(),
-            mode="native",
-            settle=SETTLE,
-            poll_interval=0.1,
+            WatchSection(mode="native", settle=SETTLE, poll_interval=0.1),
             log=Reports(),
             on_file_ready=print,
             on_path_gone=print,
