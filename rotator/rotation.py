@@ -137,29 +137,14 @@ class Rotator:
         self._account_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @property
-    def client(self) -> XquikClient | None:
-        """Return the client of the setup in force (None: dry run)."""
-        return self._setup().client
-
-    @property
-    def policy(self) -> PolicySettings:
-        """Return the policy settings in force."""
-        return self._setup().policy
-
-    @property
-    def api(self) -> ApiSection:
-        """Return the ``[api]`` settings in force."""
-        return self._setup().api
-
-    @property
-    def credits_per_call(self) -> int:
-        """Return the credits a write costs when its answer has no billing."""
-        return self._setup().credits_per_call
+    def setup(self) -> RotationSetup:
+        """Return the setup in force (client, policy, ``[api]``, credits per call)."""
+        return self._setup()
 
     @property
     def dry_run(self) -> bool:
         """Tell whether writes are only logged."""
-        return self.client is None
+        return self.setup.client is None
 
     async def rotate(
         self,
@@ -179,7 +164,7 @@ class Rotator:
         """
         rot = _Rotation(entry=entry, catalog=catalog, rotation_id=uuid.uuid4().hex, chosen=image)
         pending = self.state.pending_write(entry.entry_id)
-        if pending is not None and self.client is not None:
+        if pending is not None and self.setup.client is not None:
             known = catalog.get(pending.image)
             unchanged = known is not None and known.verdict.sha256 == pending.source_sha256
             if pending.action_id or pending.status_url:
@@ -213,13 +198,13 @@ class Rotator:
                 # A real write only chooses its image here and reads the bytes once the
                 # pacer lets it go (in _send): thousands of rotations due together wait
                 # their turn without holding thousands of payloads.
-                if self.client is None:
+                if self.setup.client is None:
                     chosen = await self._prepare(rot)
                 else:
                     chosen = self._choose(rot) is not None
                 if not chosen:
                     return self._no_image(rot)
-                if self.client is None:
+                if self.setup.client is None:
                     return self._pretend(rot)
                 if (stopped := self._stopped(rot, stop_reason)) is not None:
                     return stopped
@@ -238,7 +223,7 @@ class Rotator:
                 pause_level=self._pause_level(rot, outcome),
                 url_mode=self._url_for(rot) is not None,
             )
-            decision = decide(outcome, attempt, self.policy, self._rng)
+            decision = decide(outcome, attempt, self.setup.policy, self._rng)
             result = self._act(rot, outcome, decision, key)
             if result is not None:
                 return result
@@ -350,9 +335,14 @@ class Rotator:
     def _url_for(self, rot: _Rotation) -> str | None:
         """Return the public URL to send instead of the bytes, or None to send the file."""
         image = rot.image
-        if self.api.upload != "url" or rot.as_file or image is None or image.verdict.needs_fit:
+        if (
+            self.setup.api.upload != "url"
+            or rot.as_file
+            or image is None
+            or image.verdict.needs_fit
+        ):
             return None  # a fitted copy is not at the public URL
-        base = (rot.entry.public_base_url or self.api.public_base_url or "").rstrip("/")
+        base = (rot.entry.public_base_url or self.setup.api.public_base_url or "").rstrip("/")
         return f"{base}/{quote(bytes(image.path.relative_to(rot.catalog.folder)))}"
 
     def _keep(self, rot: _Rotation, **changes: object) -> None:
@@ -379,7 +369,7 @@ class Rotator:
 
     async def _send(self, rot: _Rotation) -> tuple[str, Outcome] | Literal["paused", "no image"]:
         """Send the write when the pacer allows; return its key and outcome, or why not."""
-        assert self.client is not None
+        assert self.setup.client is not None
         async with self.pacer.slot() as answered:
             if self.pauses.active(rot.entry.account) is not None:
                 answered.unused()
@@ -396,7 +386,8 @@ class Rotator:
 
     async def _send_now(self, rot: _Rotation, key: str, answered: Callable[[], None]) -> Outcome:
         """Record the write, then send it (the pacer's place is held by the caller)."""
-        assert self.client is not None
+        client = self.setup.client
+        assert client is not None
         image, payload = rot.ready()
         url = self._url_for(rot)
         rot.record = WriteRecord(
@@ -421,7 +412,7 @@ class Rotator:
                 if url is not None
                 else FilePayload(data=payload.data, filename=payload.filename, mime=payload.mime)
             )
-            return await self.client.update_avatar(
+            return await client.update_avatar(
                 rot.entry.account,
                 idempotency_key=key,
                 file=file,
@@ -435,7 +426,8 @@ class Rotator:
 
     async def _resume(self, rot: _Rotation) -> Outcome:
         """Poll the pending write the ledger holds until it resolves (or polling must stop)."""
-        assert self.client is not None
+        client = self.setup.client
+        assert client is not None
         record = rot.written()
         emit(
             "write.resumed",
@@ -448,7 +440,7 @@ class Rotator:
         if task is not None:
             self.writing.add(task)
         try:
-            return await self.client.poll_write_action(
+            return await client.poll_write_action(
                 record.status_url,
                 action_id=record.action_id,
                 expires_at=_epoch(record.expires_at),
@@ -513,7 +505,7 @@ class Rotator:
         record = rot.written()
         now = self._clock()
         action_id = outcome.write_action.id if outcome.write_action else record.action_id
-        credits = outcome.credits_spent(self.credits_per_call)
+        credits = outcome.credits_spent(self.setup.credits_per_call)
         if decision.action == "done":
             self._move_on(rot, outcome, now, credits)
             self.pauses.succeeded(entry.account)
@@ -578,7 +570,7 @@ class Rotator:
             action_id=action_id or None,
         )
         if decision.action in {"give_up", "resume_later"} or (
-            decision.counts_as_try and rot.tries >= self.policy.attempts
+            decision.counts_as_try and rot.tries >= self.setup.policy.attempts
         ):
             why = decision.detail or (
                 "the write is still running: the next rotation resumes it"

@@ -157,7 +157,9 @@ def test_a_swap_carries_the_pacer_with_new_limits_and_a_new_key_gets_a_new_clien
             assert (second.pacer.writes, second.pacer.concurrency) == (2, 1)
             assert second.client is not None
             assert second.client is not first.client
-            assert second.rotator.client is second.client, "the rotator uses the bundle in force"
+            assert second.rotator.setup.client is second.client, (
+                "the rotator uses the bundle in force"
+            )
             assert second.key is new_key
             for parts in (first, second):
                 assert parts.client is not None
