@@ -162,7 +162,7 @@ def read_write_answer(
 ) -> Outcome | PollNeeded:
     """Return what the answer to a write came to, or that its write action must be polled.
 
-    ``code`` and ``message`` are the answer's, from ``describe``.
+    ``code`` and ``message`` are the answer's, from ``masked_error``.
     """
     action = read_write_action(answer.payload)
     common: dict[str, Any] = {
@@ -257,7 +257,7 @@ def read_write_action(payload: object) -> WriteAction | None:
     )
 
 
-def describe(answer: Answer, secret: str | None) -> tuple[str | None, str]:
+def masked_error(answer: Answer, secret: str | None) -> tuple[str | None, str]:
     """Return the answer's error code and short message, ``secret`` masked if echoed.
 
     The secret is masked before the message is cut, so no part of it survives.

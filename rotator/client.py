@@ -40,8 +40,8 @@ from rotator.answers import (
     DEFAULT_POLL_DELAY,
     Answer,
     XAccount,
-    describe,
     json_or_none,
+    masked_error,
     poll_delay,
     read_balance,
     read_write_action,
@@ -251,7 +251,7 @@ class XquikClient:
         if isinstance(answer, _Failure):
             raise ApiReadError(f"GET {path}: {answer.message}") from answer.exc
         if not answer.is_success:
-            code, message = describe(answer, self._api_key)
+            code, message = masked_error(answer, self._api_key)
             detail = f" ({code})" if code else ""
             raise ApiReadError(
                 f"GET {path} failed with HTTP {answer.status}{detail}: {message}",
@@ -332,7 +332,7 @@ class XquikClient:
 
     async def _settle(self, answer: Answer, on_record: OnRecord | None) -> Outcome:
         """Turn the answer to a write into an Outcome, polling a running write action."""
-        code, message = describe(answer, self._api_key)
+        code, message = masked_error(answer, self._api_key)
         reading = read_write_answer(answer, code=code, message=message, now=self._clock())
         if isinstance(reading, Outcome):
             return reading
@@ -401,11 +401,11 @@ class XquikClient:
                     expires_at = polled.expires_at
                 if polled.terminal:
                     retry_after = server_wait(answer.headers, answer.payload, self._clock())
-                    _, message = describe(answer, self._api_key)
+                    _, message = masked_error(answer, self._api_key)
                     return terminal_outcome(polled, answer.status, request_id, retry_after, message)
                 problem = "the write action did not finish"
                 continue
-            code, message = describe(answer, self._api_key)
+            code, message = masked_error(answer, self._api_key)
             if answer.is_success or answer.status in {408, 409, 429} or answer.status >= 500:
                 problem = shorten(f"polling answered HTTP {answer.status}: {message}")
                 continue

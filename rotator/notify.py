@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rotator import __version__
+from rotator.clock import utc_now
 from rotator.config import NotifySection
 from rotator.errors import RotatorError
 from rotator.keys import KEY_ENV
@@ -187,7 +188,7 @@ class Notifier:
         *,
         environ: Mapping[str, str] | None = None,
         backoff: float = BACKOFF_INITIAL,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self._environ = dict(os.environ if environ is None else environ)

@@ -12,9 +12,9 @@ from rotator.answers import (
     Answer,
     PollNeeded,
     XAccount,
-    describe,
     find_x_account,
     json_or_none,
+    masked_error,
     poll_delay,
     read_balance,
     read_write_action,
@@ -36,7 +36,7 @@ def answer(status: int, payload: object = None, *, body: bytes = b"", **headers:
 
 def read(reply: Answer) -> Outcome | PollNeeded:
     """Read the answer to a write as the client does."""
-    code, message = describe(reply, KEY)
+    code, message = masked_error(reply, KEY)
     return read_write_answer(reply, code=code, message=message, now=NOW)
 
 
@@ -101,7 +101,7 @@ def test_poll_delay_is_the_largest_wait_asked_for(
 
 def test_key_is_masked_before_the_message_is_cut() -> None:
     """A key straddling the 200-character cut leaves no prefix of itself behind."""
-    code, message = describe(
+    code, message = masked_error(
         answer(500, {"error": "internal_error", "message": "x" * 190 + KEY}), KEY
     )
     assert code == "internal_error"
