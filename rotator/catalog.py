@@ -279,7 +279,7 @@ class Catalog:
             fd = self._open_inside(image.path)
         except OSError as exc:
             raise ImageError(f"{image.relative}: {_os_reason(exc)}") from None
-        except _RefusedError as exc:
+        except _RejectedError as exc:
             raise ImageError(f"{image.relative}: {exc}") from None
         try:
             data, reason, _ = read_open_file(fd, self._settings.max_source_bytes)
@@ -482,7 +482,7 @@ class Catalog:
             fd = self._open_inside(path)
         except FileNotFoundError:
             raise
-        except _RefusedError as exc:
+        except _RejectedError as exc:
             return self._rejection(relative, str(exc))
         except OSError as exc:
             if exc.errno == errno.ELOOP:
@@ -527,7 +527,7 @@ class Catalog:
         Where the system allows (Linux), the path is first opened with ``O_PATH``, which
         follows symlinks but opens nothing for reading (no device or FIFO is touched), and
         only a regular file proven inside is then opened, through that very descriptor.
-        Raise ``OSError`` or ``_RefusedError``; the caller closes the descriptor.
+        Raise ``OSError`` or ``_RejectedError``; the caller closes the descriptor.
         """
         if _O_PATH and _proc_fd_exists():
             return self._open_through_anchor(path)
@@ -544,7 +544,7 @@ class Catalog:
             raise
         if where is None or not self._inside(where):
             os.close(fd)
-            raise _RefusedError("symlink leaves the folder")
+            raise _RejectedError("symlink leaves the folder")
         return fd
 
     def _open_through_anchor(self, path: Path) -> int:
@@ -552,9 +552,9 @@ class Catalog:
         anchor = os.open(path, _O_PATH | getattr(os, "O_CLOEXEC", 0))
         try:
             if not self._inside(os.readlink(_PROC_FD / str(anchor))):
-                raise _RefusedError("symlink leaves the folder")
+                raise _RejectedError("symlink leaves the folder")
             if not stat.S_ISREG(os.fstat(anchor).st_mode):
-                raise _RefusedError("not a regular file")
+                raise _RejectedError("not a regular file")
             # Reopening the magic link opens the very inode checked, whatever the path is now.
             return os.open(_PROC_FD / str(anchor), _OPEN_FLAGS)
         finally:
@@ -613,8 +613,8 @@ class Catalog:
         return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-class _RefusedError(Exception):
-    """The file is refused before reading: outside the folder (a symlink), or not a file."""
+class _RejectedError(Exception):
+    """The file is rejected before reading: outside the folder (a symlink), or not a file."""
 
 
 def _opened_path(fd: int, path: Path) -> str | None:

@@ -12,7 +12,7 @@ Environment rules:
   and ``ROTATOR_ACCOUNTS`` the whole accounts list as a JSON array. Both beat the file.
 - An unknown key inside a known section (``ROTATOR_API__BASE_ULR``) is an error naming
   the variable. Variables that name no section (``ROTATOR_CONFIG``, ``ROTATOR_FOO``) are
-  not ours to judge and are ignored. ``ROTATOR_ACCOUNTS__...`` is refused: entries are
+  not ours to judge and are ignored. ``ROTATOR_ACCOUNTS__...`` is rejected: entries are
   set as a whole, through ``ROTATOR_ACCOUNTS``.
 - Relative paths resolve against the config file's directory, wherever they came from.
 
@@ -102,7 +102,7 @@ def _above_zero(seconds: float) -> float:
 
 
 def _at_most(limit: float) -> Callable[[float], float]:
-    """Return a validator refusing durations over ``limit`` seconds, naming the bound."""
+    """Return a validator rejecting durations over ``limit`` seconds, naming the bound."""
 
     def check(seconds: float) -> float:
         if seconds > limit:
@@ -768,7 +768,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_config_bytes(path: Path) -> bytes:
-    """Read the config file; refuse a FIFO, a device or a huge file (they would hang us)."""
+    """Read the config file; reject a FIFO, a device or a huge file (they would hang us)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         status = os.fstat(fd)

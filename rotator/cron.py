@@ -168,7 +168,7 @@ def _parse_schedule(text: str) -> Schedule:
 
 
 def parse_cron(text: str) -> CronExpression:
-    """Parse a crontab time spec as cronie does; refuse what cannot work, saying why."""
+    """Parse a crontab time spec as cronie does; reject what cannot work, saying why."""
     stripped = " ".join(str(text).split())
     quoted = f'"{stripped}"'
     spec = stripped
