@@ -114,8 +114,9 @@ class _SnapshotCollector:
 class Metrics:
     """The daemon's metrics and the HTTP server that serves them."""
 
-    def __init__(self, *, credits_per_call: int, stale_after: float = 60.0) -> None:
-        self.credits_per_call = credits_per_call
+    def __init__(self, *, credits_per_call: Callable[[], int], stale_after: float = 60.0) -> None:
+        # Read at each upload, not kept: a reload may change ``api.credits_per_call``.
+        self._credits_per_call = credits_per_call
         self._stale_after = stale_after
         self._snapshot = Snapshot(taken_at=time.monotonic())
         self.registry = CollectorRegistry()
@@ -169,7 +170,7 @@ class Metrics:
             if isinstance(credits, int) and not isinstance(credits, bool):
                 self._credits.inc(max(0, credits))
             elif name == "avatar.uploaded":
-                self._credits.inc(self.credits_per_call)
+                self._credits.inc(self._credits_per_call())
 
     def app(self) -> WsgiApp:
         """Return the WSGI app: ``/metrics`` (Prometheus text) and ``/healthz``."""

@@ -335,7 +335,7 @@ class Daemon:
         address = self.settings.metrics.address
         if address is None:
             return
-        self.metrics = Metrics(credits_per_call=self.settings.api.credits_per_call)
+        self.metrics = Metrics(credits_per_call=lambda: self.parts.rotation.credits_per_call)
         host, port = self.metrics.serve(*address)
         add_listener(self.metrics.observe)
         emit("metrics.listening", address=f"{host}:{port}", paths=["/metrics", "/healthz"])

@@ -20,7 +20,7 @@ RULES = DOCS / "alerts.yml"
 
 def _exported_samples() -> set[str]:
     """Return every sample name a daemon's registry exports, each gauge and counter filled."""
-    metrics = Metrics(credits_per_call=10)
+    metrics = Metrics(credits_per_call=lambda: 10)
     metrics.update(
         Snapshot(
             entries=(

@@ -27,7 +27,17 @@ def test_credits_spent_follow_the_billing_of_each_write(
     events: list[dict[str, object]], expected: float
 ) -> None:
     """billing.chargedCredits when the event carries it, else credits_per_call per upload."""
-    metrics = Metrics(credits_per_call=7)
+    metrics = Metrics(credits_per_call=lambda: 7)
     for event in events:
         metrics.observe(event)
     assert _credits(metrics) == expected
+
+
+def test_an_upload_without_billing_counts_the_credits_per_call_in_force() -> None:
+    """credits_per_call is read at each upload: a value changed by a reload counts from then."""
+    in_force = [10]
+    metrics = Metrics(credits_per_call=lambda: in_force[-1])
+    metrics.observe({"event": "avatar.uploaded"})
+    in_force.append(3)
+    metrics.observe({"event": "avatar.uploaded"})
+    assert _credits(metrics) == 13.0

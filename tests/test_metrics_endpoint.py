@@ -17,7 +17,7 @@ from rotator.metrics import Metrics, entry_label
 @pytest.fixture
 def served() -> Iterator[tuple[Metrics, str]]:
     """Serve a fresh Metrics on a free loopback port; yield it with its /metrics URL."""
-    metrics = Metrics(credits_per_call=10)
+    metrics = Metrics(credits_per_call=lambda: 10)
     host, port = metrics.serve("127.0.0.1", 0)
     yield metrics, f"http://{host}:{port}/metrics"
     metrics.close()

@@ -15,6 +15,7 @@ from rotator.catalog import Catalog, MemoryValidationCache
 from rotator.config import Settings, load_settings
 from rotator.keys import find_api_key
 from rotator.logs import emit
+from rotator.metrics import Metrics
 from rotator.parts import Parts, build_parts
 from rotator.state import StateStore
 
@@ -84,6 +85,8 @@ def test_a_reload_that_changes_credits_per_call_reaches_the_running_rotator(
                 in_force=lambda: held[-1],
             )
             held.append(first)
+            # Fed as the daemon feeds it: the credits per call of the bundle in force.
+            metrics = Metrics(credits_per_call=lambda: held[-1].rotation.credits_per_call)
             rotator = first.rotator
             catalog = Catalog(tmp_path / "pictures", first.fit, MemoryValidationCache(), emit)
             catalog.apply_scan(await asyncio.to_thread(catalog.scan))
@@ -102,6 +105,8 @@ def test_a_reload_that_changes_credits_per_call_reaches_the_running_rotator(
                 )
             )
             results.append(await rotator.rotate(entry, catalog, wait_for_pauses=False))
+            metrics.observe({"event": "avatar.uploaded", "account": "alice"})  # no billing
+            assert metrics.registry.get_sample_value("rotator_credits_spent_total") == 3.0
             carried = held[-1].rotator is rotator and held[-1].pauses is first.pauses
             same_client = held[-1].client is first.client
             await first.pauses.close()
