@@ -41,7 +41,7 @@ import stat
 import sys
 import threading
 import urllib.parse
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -500,18 +500,6 @@ class StateStore:
             result.append(HistoryRow(**fields))
         return result
 
-    def count_writes(self, *, since: dt.datetime, outcomes: Collection[str] | None = None) -> int:
-        """Count audit rows at or after ``since``, optionally only those with given outcomes."""
-        if outcomes is None:
-            rows = self._read("SELECT count(*) FROM history WHERE time >= ?", (_time_text(since),))
-        else:
-            rows = self._read(
-                """SELECT count(*) FROM history WHERE time >= ?
-                   AND outcome IN (SELECT value FROM json_each(?))""",
-                (_time_text(since), json.dumps(sorted(outcomes))),
-            )
-        return int(rows[0][0])
-
     def credits_spent(self, *, since: dt.datetime) -> int:
         """Return the credits the writes audited at or after ``since`` cost, by their billing."""
         rows = self._read(
@@ -587,11 +575,6 @@ class StateStore:
         """Return (path, error code) of every image the server refused, by path."""
         rows = self._read("SELECT path, code FROM refused_images ORDER BY path")
         return [(str(row[0]), str(row[1])) for row in rows]
-
-    def forget_refused(self, sha256: str) -> None:
-        """Forget that the server refused this content hash."""
-        with self._write() as conn:
-            conn.execute("DELETE FROM refused_images WHERE sha256 = ?", (sha256,))
 
     # --- set by hand: positions skipped, images excluded ----------------------------------
 

@@ -651,17 +651,17 @@ def test_history_message_is_one_short_line(tmp_path: Path) -> None:
         assert len(last_error) <= 200
 
 
-def test_count_writes_since_and_by_outcome_and_prune(tmp_path: Path) -> None:
-    """count_writes counts audit rows from a time on, by outcome too; prune drops old rows."""
+def test_history_keeps_every_write_newest_first_and_prune_drops_old_rows(tmp_path: Path) -> None:
+    """Every audited write is in the history with its outcome; prune drops the old rows."""
     with StateStore.open(tmp_path) as store:
         success(store, "a.png", at(0))
         failure(store, at(10))
         success(store, "b.png", at(20))
-        assert store.count_writes(since=at(0)) == 3
-        assert store.count_writes(since=at(10)) == 2
-        assert store.count_writes(since=at(21)) == 0
-        assert store.count_writes(since=at(0), outcomes={"success"}) == 2
-        assert store.count_writes(since=at(0), outcomes=[]) == 0
+        assert [(row.time, row.outcome) for row in store.history()] == [
+            (at(20), "success"),
+            (at(10), "error"),
+            (at(0), "success"),
+        ]
         assert store.prune_history(before=at(10)) == 1
         assert [row.time for row in store.history()] == [at(20), at(10)]
 
@@ -712,16 +712,14 @@ def test_pause_scope_must_match_account(tmp_path: Path) -> None:
 
 
 def test_refused_images_round_trip(tmp_path: Path) -> None:
-    """Content hashes the server refused are remembered across reopen until forgotten."""
+    """Content hashes the server refused are remembered across reopen, the last code kept."""
     with StateStore.open(tmp_path) as store:
         store.mark_refused(sha256="h1", path="a.png", code="invalid_input", now=T0)
         store.mark_refused(sha256="h2", path="b.png", code="x_rejected", now=T0)
         store.mark_refused(sha256="h1", path="a.png", code="x_rejected", now=at(1))
     with StateStore.open(tmp_path) as store:
         assert store.refused_hashes() == {"h1": "x_rejected", "h2": "x_rejected"}
-        store.forget_refused("h1")
-        store.forget_refused("missing")
-        assert store.refused_hashes() == {"h2": "x_rejected"}
+        assert store.refused_images() == [("a.png", "x_rejected"), ("b.png", "x_rejected")]
 
 
 # --- validation cache --------------------------------------------------------------------
