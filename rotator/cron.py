@@ -16,6 +16,11 @@ entry's time zone:
 - cron.c sorts clock jumps by size: one of 5 minutes to 3 hours is a DST change as
   above; a smaller forward jump runs every job of each missed minute; a jump of 3 hours
   or more is "the clock changed", after which jobs simply run at the new wall times.
+
+Why one module at this size: its one job is what a schedule means. The grammar, the
+parsed fields and the walk over wall times to instants are one reading of cronie; the
+evaluator walks the very fields the parser builds, and the counts per day and ``every D``
+answer the same question, when an entry is due.
 """
 
 from __future__ import annotations

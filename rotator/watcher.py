@@ -19,8 +19,13 @@ that could not be watched are polled.
 Everything runs on the loop: a created or modified file is reported by ``on_file_ready``
 only after its size and mtime stayed the same for ``settle`` seconds; deletions and moves
 out are reported by ``on_path_gone`` at once; new folders by ``on_dir_appeared`` (the
-service rescans them, because files moved in with a folder produce no events of their
+library rescans them, because files moved in with a folder produce no events of their
 own, and files written before the new folder's watch existed are not seen either).
+
+Why one module at this size: its one job is turning filesystem changes into settled
+reports. Both ways of watching feed the same settling and the same folder table, and the
+fallback moves a folder from one to the other; this is also the only module that may
+import watchdog.
 
 Call every method from the loop's thread.
 """
@@ -261,7 +266,7 @@ class FolderWatcher:
     def check_alive(self) -> bool:
         """Attach folders that (re)appeared; False if events may have been missed meanwhile.
 
-        After False the service should rescan. A watched folder that was deleted is
+        After False the library should rescan. A watched folder that was deleted is
         watched again once it exists again.
         """
         if not self._running:
