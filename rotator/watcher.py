@@ -266,7 +266,7 @@ class FolderWatcher:
     def check_alive(self) -> bool:
         """Attach folders that (re)appeared; False if events may have been missed meanwhile.
 
-        After False the library should rescan. A watched folder that was deleted is
+        After False the folders should be rescanned. A watched folder that was deleted is
         watched again once it exists again.
         """
         if not self._running:
