@@ -222,7 +222,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("control", self._stop_control),
             ("pauses", self.pauses.close),
-            ("watcher", self._stop_watcher),
+            ("watcher", self._stop_watching),
             ("metrics", self._stop_metrics),
             ("clients", self._close_clients),
             ("heartbeat", lambda: asyncio.to_thread(remove_heartbeat, self.state_dir)),
@@ -252,7 +252,7 @@ class Daemon:
         if self._control is not None:
             await self._control.close()
 
-    async def _stop_watcher(self) -> None:
+    async def _stop_watching(self) -> None:
         self.library.close()
 
     async def _stop_metrics(self) -> None:
