@@ -267,29 +267,33 @@ async def rotate_now(
         parts = build_parts(
             settings, key, state=state, state_dir=state_dir, dry_run=dry_run, in_force=lambda: parts
         )
-        parts.pauses.restore()
-        catalogs: dict[Path, Catalog] = {}
-        jobs = []
-        for entry in entries:
-            if entry.folder not in catalogs:
-                catalog = Catalog(entry.folder, parts.fit, StateValidationCache(state), emit)
-                catalog.apply_scan(await asyncio.to_thread(catalog.scan))
-                catalogs[entry.folder] = catalog
-            catalog = catalogs[entry.folder]
-            forced = _forced_image(catalog.folder, image)
-            if image is not None and forced is None:
-                continue
-            if forced is not None and catalog.get(forced) is None:
-                reasons = dict(catalog.rejected())
-                why = reasons.get(forced, "not found among the folder's images")
-                raise ConfigError(f"--image: {image} cannot be sent: {why}")
-            jobs.append(parts.rotator.rotate(entry, catalog, image=forced, wait_for_pauses=False))
-        if not jobs:
-            raise ConfigError(f"--image: {image} is not inside the folder of any chosen entry")
-        gc.freeze()  # the entries and catalogs loaded above live until the end
         try:
-            return list(await asyncio.gather(*jobs))
-        finally:
+            parts.pauses.restore()
+            catalogs: dict[Path, Catalog] = {}
+            chosen: list[tuple[AccountEntry, Catalog, str | None]] = []
+            for entry in entries:
+                if entry.folder not in catalogs:
+                    catalog = Catalog(entry.folder, parts.fit, StateValidationCache(state), emit)
+                    catalog.apply_scan(await asyncio.to_thread(catalog.scan))
+                    catalogs[entry.folder] = catalog
+                catalog = catalogs[entry.folder]
+                forced = _forced_image(catalog.folder, image)
+                if image is not None and forced is None:
+                    continue
+                if forced is not None and catalog.get(forced) is None:
+                    reasons = dict(catalog.rejected())
+                    why = reasons.get(forced, "not found among the folder's images")
+                    raise ConfigError(f"--image: {image} cannot be sent: {why}")
+                chosen.append((entry, catalog, forced))
+            if not chosen:
+                raise ConfigError(f"--image: {image} is not inside the folder of any chosen entry")
+            gc.freeze()  # the entries and catalogs loaded above live until the end
+            rotations = (
+                parts.rotator.rotate(entry, catalog, image=forced, wait_for_pauses=False)
+                for entry, catalog, forced in chosen
+            )
+            return list(await asyncio.gather(*rotations))
+        finally:  # also when a bad --image stops it before anything is sent
             await parts.pauses.close()
             if parts.client is not None:
                 await parts.client.aclose()
