@@ -73,7 +73,7 @@ class Daemon:
         environ: Mapping[str, str],
         notifier: SystemdNotifier | None = None,
     ) -> None:
-        self._first = (settings, api_key)
+        self._at_start = (settings, api_key)  # the parts are built from these once serving starts
         self.dry_run = dry_run
         self.environ = environ
         self.notifier = notifier or SystemdNotifier(None)
@@ -109,7 +109,7 @@ class Daemon:
             concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="rotator")
         )
         self.state = StateStore.open(self.state_dir, lock=True)
-        self.notifications = start_notifier(self._first[0].notify, self.environ)
+        self.notifications = start_notifier(self._at_start[0].notify, self.environ)
         try:
             return await self._serve(loop)
         except RotatorError:  # a problem of the setup (a busy metrics port): the CLI prints it
@@ -122,7 +122,7 @@ class Daemon:
             await asyncio.to_thread(stop_notifier, self.notifications)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
-        settings, key = self._first
+        settings, key = self._at_start
         self.parts = self._build(settings, key, carried=None)
         self.library = Library(
             loop,
