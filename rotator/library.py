@@ -169,12 +169,15 @@ class Library:
         # Many new folders (a start): read the validation cache once, not once per file.
         snapshot = self._state.cache_snapshot() if len(new_folders) >= SCAN_BATCH else None
         caches = []
+        real_parents: dict[str, str] = {}  # one realpath per distinct parent folder
         for folder in new_folders:
             self._roots = None
             cache = StateValidationCache(self._state)
             cache.snapshot = snapshot
             caches.append(cache)
-            self._catalogs[folder] = cache.catalog = Catalog(folder, fit, cache, self._log)
+            self._catalogs[folder] = cache.catalog = Catalog(
+                folder, fit, cache, self._log, real_parents=real_parents
+            )
         # Watch first, then scan: a file that lands in between is seen by one of them.
         # Each batch is watched just before its scan starts, while earlier ones still run.
         await self.rescan(new_folders, before_scan=self._watch)
