@@ -189,14 +189,16 @@ def _path(value: object) -> Path | None:
         raise ValueError(f"is longer than {MAX_PATH_BYTES} bytes")
     if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
         raise ValueError(f"has a name longer than {MAX_NAME_BYTES} bytes")
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:  # "~nosuchuser"
-        raise ValueError(f"{text!r}: the home folder of that user is unknown") from None
-    if not path.is_absolute():
-        path = _load_context().base_dir / path
+    if text.startswith("~"):
+        try:
+            text = str(Path(text).expanduser())
+        except RuntimeError:  # "~nosuchuser"
+            raise ValueError(f"{text!r}: the home folder of that user is unknown") from None
+    if not os.path.isabs(text):
+        # Joined as text: one Path per entry, not three (10,000 entries load in a blink).
+        text = os.path.join(_load_context().base_dir, text)
     # normpath, not resolve(): an entry's id must not change when a symlink is repointed.
-    return Path(os.path.normpath(path))
+    return Path(os.path.normpath(text))
 
 
 def _required_path(value: object) -> Path:
