@@ -36,7 +36,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,7 +51,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -189,14 +191,16 @@ def _path(value: object) -> Path | None:
         raise ValueError(f"is longer than {MAX_PATH_BYTES} bytes")
     if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
         raise ValueError(f"has a name longer than {MAX_NAME_BYTES} bytes")
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:  # "~nosuchuser"
-        raise ValueError(f"{text!r}: the home folder of that user is unknown") from None
-    if not path.is_absolute():
-        path = _load_context().base_dir / path
+    if text.startswith("~"):
+        try:
+            text = str(Path(text).expanduser())
+        except RuntimeError:  # "~nosuchuser"
+            raise ValueError(f"{text!r}: the home folder of that user is unknown") from None
+    if not os.path.isabs(text):
+        # Joined as text: one Path per entry, not three (10,000 entries load in a blink).
+        text = os.path.join(_load_context().base_dir, text)
     # normpath, not resolve(): an entry's id must not change when a symlink is repointed.
-    return Path(os.path.normpath(path))
+    return Path(os.path.normpath(text))
 
 
 def _required_path(value: object) -> Path:
@@ -449,8 +453,21 @@ def _events(value: object) -> tuple[str, ...]:
     return names
 
 
-class AccountEntry(_Section):
-    """One ``[[accounts]]`` entry: an account, a folder of images and a schedule."""
+@pydantic_dataclass(
+    frozen=True,
+    slots=True,
+    config=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+)
+class AccountEntry:
+    """One ``[[accounts]]`` entry: an account, a folder of images and a schedule.
+
+    A slotted pydantic dataclass, not a model: validated the same, but an agency's
+    10,000 entries hold one object each instead of four (a model's ``__dict__``, its
+    fields-set and extras): about 4 MiB less.
+    """
+
+    # The keys of an [[accounts]] table, as a model would name them (set below).
+    model_fields: ClassVar[dict[str, object]]
 
     account: Annotated[str, BeforeValidator(_account)]
     folder: Annotated[Path, BeforeValidator(_required_path)]
@@ -466,6 +483,9 @@ class AccountEntry(_Section):
     def entry_id(self) -> str:
         """Return the stable id of this entry: ``account:absolute folder`` (escaped)."""
         return f"{self.account}:{escape_name(str(self.folder))}"
+
+
+AccountEntry.model_fields = {field.name: field for field in dataclasses.fields(AccountEntry)}
 
 
 class NotifySection(_Section):
@@ -724,13 +744,26 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     try:
         return Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
-        lines = format_errors(
-            exc.errors(include_url=False), ours, env_prefix=ENV_PREFIX, known_keys=_known_keys
-        )
+        errors = [_as_model_error(error) for error in exc.errors(include_url=False)]
+        lines = format_errors(errors, ours, env_prefix=ENV_PREFIX, known_keys=_known_keys)
         # from None: the chained ValidationError would carry input values, the key among them.
         raise ConfigError(mask_keys(lines, [data, from_env], environ, context.base_dir)) from None
     finally:
         _LOADING.reset(token)
+
+
+# An [[accounts]] entry is a dataclass: its errors named as a model's would be.
+_DATACLASS_ERRORS = {
+    "unexpected_keyword_argument": "extra_forbidden",
+    "dataclass_type": "model_type",
+    "dataclass_args_type": "model_type",
+}
+
+
+def _as_model_error(error: ErrorDetails) -> ErrorDetails:
+    """Return a validation error with a dataclass's error type put as a model's."""
+    kind = _DATACLASS_ERRORS.get(error["type"])
+    return error if kind is None else {**error, "type": kind}
 
 
 def _known_keys(table: tuple[int | str, ...]) -> list[str]:

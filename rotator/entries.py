@@ -46,7 +46,7 @@ class DueTimes:
     accounts: int
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _EntryRun:
     """An entry and its rotation in progress."""
 

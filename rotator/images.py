@@ -139,7 +139,7 @@ class FitSettings:
         )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class ImageVerdict:
     """Say whether one file can be sent, and what it is.
 

@@ -15,9 +15,10 @@ Call everything from the event loop's thread; scans run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,15 @@ from rotator.state import StateStore
 from rotator.watcher import FolderWatcher
 
 SCAN_BATCH = 100  # folders scanned per worker-thread call (one call per folder costs more)
+# Batches scanned at once: a scan spends much of its time in syscalls that release the
+# GIL, so a second one (and the loop's watching) overlaps with it; more only contend.
+SCANS_AT_ONCE = 2
 
 
 class StateValidationCache:
     """The catalog's validation cache, kept in the state database."""
+
+    __slots__ = ("_state", "catalog", "snapshot")  # one per folder: no ``__dict__`` each
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
@@ -111,7 +117,9 @@ class Library:
         self._on_change = on_change
         self._fit: FitSettings | None = None
         self._catalogs: dict[Path, Catalog] = {}
-        self._locks: dict[Path, asyncio.Lock] = {}
+        # A catalog's lock and how many tasks use it: made on first use, dropped when
+        # unused (an asyncio.Lock per idle folder is memory for nothing).
+        self._locks: dict[Path, tuple[asyncio.Lock, int]] = {}
         self._roots: dict[Path, list[Path]] | None = None  # resolved folder -> keys
         self._quiet_adds: int | None = None  # counting start-up's image.added, not logging them
         self.watcher = FolderWatcher(
@@ -159,50 +167,68 @@ class Library:
         # Many new folders (a start): read the validation cache once, not once per file.
         snapshot = self._state.cache_snapshot() if len(new_folders) >= SCAN_BATCH else None
         caches = []
+        real_parents: dict[str, str] = {}  # one realpath per distinct parent folder
         for folder in new_folders:
             self._roots = None
             cache = StateValidationCache(self._state)
             cache.snapshot = snapshot
             caches.append(cache)
-            self._catalogs[folder] = cache.catalog = Catalog(folder, fit, cache, self._log)
-            self._locks[folder] = asyncio.Lock()
-            # Watch first, then scan: a file that lands in between is seen by one of them.
-            try:
-                self.watcher.watch(self._catalogs[folder].folder, resolved=True)
-            except (RotatorError, OSError) as exc:
-                # A folder that does not exist yet is watched (and scanned) once it does.
-                emit("watch.failed", folder=str(folder), reason=str(exc))
-        await self.rescan(new_folders)
+            self._catalogs[folder] = cache.catalog = Catalog(
+                folder, fit, cache, self._log, real_parents=real_parents
+            )
+        # Watch first, then scan: a file that lands in between is seen by one of them.
+        # Each batch is watched just before its scan starts, while earlier ones still run.
+        await self.rescan(new_folders, before_scan=self._watch)
         for cache in caches:
             cache.snapshot = None  # it was true for that scan only: later ones ask the state
         self._drop([folder for folder in self._catalogs if folder not in wanted])
 
-    async def rescan(self, folders: Sequence[Path] | None = None, *, prune: bool = True) -> None:
+    async def rescan(
+        self,
+        folders: Sequence[Path] | None = None,
+        *,
+        prune: bool = True,
+        before_scan: Callable[[Sequence[Path]], None] | None = None,
+    ) -> None:
         """Scan folders (all when None), many to a worker-thread call; then prune fitted copies.
 
+        Batches of ``SCAN_BATCH`` folders, ``SCANS_AT_ONCE`` of them at a time;
+        ``before_scan`` is called with each batch on the loop just before its scan starts.
         Each catalog's lock is held from its scan to applying it.
         """
         if folders is None:
             folders = list(self._catalogs)
         pending = [folder for folder in folders if folder in self._catalogs]
-        for start in range(0, len(pending), SCAN_BATCH):
+        changed = pending[0] if len(pending) == 1 else None
+        slots = asyncio.Semaphore(SCANS_AT_ONCE)
+        async with asyncio.TaskGroup() as scans:
+            for start in range(0, len(pending), SCAN_BATCH):
+                batch = pending[start : start + SCAN_BATCH]
+                if before_scan is not None:
+                    before_scan(batch)
+                await slots.acquire()
+                scans.create_task(self._scan_batch(batch, slots, changed))
+        if prune and pending:
+            await self.prune_fitted()
+
+    async def _scan_batch(
+        self, folders: Sequence[Path], slots: asyncio.Semaphore, changed: Path | None
+    ) -> None:
+        """Scan a batch of folders in a worker thread and apply the results; free a slot."""
+        try:
             batch = [
-                (folder, self._catalogs[folder]) for folder in pending[start : start + SCAN_BATCH]
+                (folder, self._catalogs[folder]) for folder in folders if folder in self._catalogs
             ]
-            locks = [self._locks[folder] for folder, _ in batch]
-            for lock in locks:
-                await lock.acquire()
-            try:
+            async with contextlib.AsyncExitStack() as held:
+                for folder, _ in batch:
+                    await held.enter_async_context(self._locked(folder))
                 results = await asyncio.to_thread(_scan_all, [catalog for _, catalog in batch])
                 for (folder, catalog), result in zip(batch, results, strict=True):
                     if self._catalogs.get(folder) is catalog:  # not dropped meanwhile
                         catalog.apply_scan(result)
-                        self._on_change(folder if len(pending) == 1 else None)
-            finally:
-                for lock in locks:
-                    lock.release()
-        if prune and pending:
-            await self.prune_fitted()
+                        self._on_change(changed)
+        finally:
+            slots.release()
 
     async def prune_fitted(self) -> None:
         """Delete fitted copies whose source is gone from every catalog."""
@@ -234,7 +260,7 @@ class Library:
         catalog = self._catalogs.get(folder)
         if catalog is None:
             return
-        async with self._locks[folder]:
+        async with self._locked(folder):
             result = await asyncio.to_thread(catalog.inspect_path, path)
             if result is None:
                 catalog.remove_path(path)
@@ -246,12 +272,38 @@ class Library:
         catalog = self._catalogs.get(folder)
         if catalog is None:
             return
-        async with self._locks[folder]:
+        async with self._locked(folder):
             catalog.remove_path(path)
         self._on_change(folder)
         await self.prune_fitted()
 
     # -- internals -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, folder: Path) -> AsyncIterator[None]:
+        """Hold a catalog's lock; it exists only while some task holds or awaits it."""
+        lock, users = self._locks.get(folder, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[folder] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[folder]
+            if users == 1:
+                del self._locks[folder]
+            else:
+                self._locks[folder] = (lock, users - 1)
+
+    def _watch(self, folders: Sequence[Path]) -> None:
+        """Watch the resolved folders of these catalogs (before their first scan)."""
+        for folder in folders:
+            try:
+                self.watcher.watch(self._catalogs[folder].folder, resolved=True)
+            except (RotatorError, OSError) as exc:
+                # A folder that does not exist yet is watched (and scanned) once it does.
+                emit("watch.failed", folder=str(folder), reason=str(exc))
 
     def _folders_holding(self, path: Path) -> list[Path]:
         """Return the folders whose catalog holds ``path`` (watcher paths are resolved).
@@ -268,7 +320,6 @@ class Library:
     def _drop(self, folders: Sequence[Path]) -> None:
         for folder in folders:
             self._roots = None
-            del self._locks[folder]
             self.watcher.unwatch(self._catalogs.pop(folder).folder)
 
     def _log(self, event: str, **fields: object) -> None:

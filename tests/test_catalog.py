@@ -566,3 +566,24 @@ def test_prune_fitted_keeps_named_copies_and_foreign_files(tmp_path: Path) -> No
         [keep, "notes.txt", ".fitting-fresh"]
     )
     assert prune_fitted(tmp_path / "missing", set()) == []
+
+
+def test_catalogs_made_together_resolve_their_folders_as_realpath_does(tmp_path: Path) -> None:
+    """Sharing resolved parents, each catalog's folder is still exactly os.path.realpath's."""
+    real_parent = tmp_path / "real"
+    (real_parent / "plain").mkdir(parents=True)
+    (real_parent / "target").mkdir()
+    (real_parent / "linked").symlink_to(real_parent / "target")
+    (tmp_path / "via").symlink_to(real_parent)
+    (real_parent / "dangling").symlink_to(tmp_path / "nowhere")
+    folders = [
+        base / name
+        for base in (real_parent, tmp_path / "via", tmp_path / "missing-parent")
+        for name in ("plain", "linked", "missing", "dangling")
+    ]
+    shared: dict[str, str] = {}
+    for folder in folders:
+        catalog = Catalog(
+            folder, DEFAULT, MemoryValidationCache(), LogRecorder(), real_parents=shared
+        )
+        assert str(catalog.folder) == os.path.realpath(folder), folder
