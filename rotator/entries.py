@@ -7,6 +7,16 @@ once at start; an "every D" entry is due D after its last rotation's end. An ent
 removed by a reload is cancelled unless a write of it is on the wire: then it ends after
 that write. Rotations run on the rotator of the parts in force (``parts``).
 
+Due entries wait in line as queued runs, not as rotations: a due entry joins the line
+(after its jitter, a timer), and a rotation's task starts only while fewer than the
+pacer's concurrency + 1 started rotations still wait for their turn at the pacer. A
+rotation leaves the line when the pacer grants its place (or it goes to wait out an
+account's pause, a resumed write or the account's other write, or it ends); the next
+queued entry starts then. Ten thousand entries due at once cost a deque slot each, not
+a task and its coroutine frames (~4 KiB), and they reach the pacer (FIFO) in the order
+they came due: by due time, ties in config order (``RotationScheduler``). Rotations by
+hand do not queue: they go straight to the pacer.
+
 The next due times and the metrics figures are computed again only after something
 changed (``changed``), so an idle daemon does no work per entry.
 """
@@ -14,6 +24,7 @@ changed (``changed``), so an idle daemon does no work per entry.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import random
@@ -55,10 +66,28 @@ class _EntryRun:
     task: asyncio.Task[RotationResult | None] | None = None
     retired: bool = False  # removed by a reload: its rotation ends after the write on the wire
     fired_at: dt.datetime | None = None  # the latest due time, merged ones included
+    queued: bool = False  # due: in line for a turn at the pacer, or its jitter running
 
     @property
     def busy(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self.queued or (self.task is not None and not self.task.done())
+
+
+class _Turn:
+    """A started rotation's place in line: given up once, however often it is called."""
+
+    __slots__ = ("_give_up",)
+
+    def __init__(self, give_up: Callable[[], None]) -> None:
+        self._give_up: Callable[[], None] | None = give_up
+
+    def __call__(self) -> None:
+        give_up, self._give_up = self._give_up, None
+        if give_up is not None:
+            give_up()
+
+    def done(self, _task: object) -> None:
+        self()
 
 
 class Entries:
@@ -81,6 +110,9 @@ class Entries:
         self._rng = random.Random()  # noqa: S311 - jitter is not cryptography
         self._runs: dict[str, _EntryRun] = {}
         self._retired: set[_EntryRun] = set()
+        self._line: collections.deque[_EntryRun] = collections.deque()  # due, not started
+        self._in_line = 0  # rotations started that still wait for their turn at the pacer
+        self._jitters: dict[_EntryRun, asyncio.TimerHandle] = {}  # due, jitter running
         self.scheduler = RotationScheduler(self._on_due, self._on_missed)
         self._due_cache: DueTimes | None = None
         self._stale_figures: set[str] | None = None  # None: all of them
@@ -106,6 +138,9 @@ class Entries:
             run = self._runs.pop(entry_id)
             self.scheduler.remove(entry_id)
             run.retired = True
+            if (timer := self._jitters.pop(run, None)) is not None:
+                timer.cancel()
+            run.queued = False  # left in the line, it is passed over there
             if run.task is not None and run.task not in writing:
                 run.task.cancel()
             elif run.busy:
@@ -166,7 +201,7 @@ class Entries:
         )
 
     def _on_due(self, entry_id: str) -> None:
-        """Start a rotation for an entry, or merge it into the one still waiting."""
+        """Queue a rotation for an entry, or merge it into the one still waiting."""
         run = self._runs.get(entry_id)
         if run is None or self._stopping():
             return
@@ -175,7 +210,40 @@ class Entries:
         if run.busy:
             emit("rotation.merged", account=run.entry.account, entry=entry_id)
             return
-        run.task = asyncio.get_running_loop().create_task(self._rotate(run))
+        run.queued = True
+        if run.entry.schedule.every is None and run.entry.jitter:
+            delay = self._jitter(run.entry).total_seconds()
+            self._jitters[run] = asyncio.get_running_loop().call_later(delay, self._queue, run)
+        else:
+            self._queue(run)
+
+    def _queue(self, run: _EntryRun) -> None:
+        """Put a due entry in line for the pacer (after its jitter, if any)."""
+        self._jitters.pop(run, None)
+        if not run.queued or self._stopping():
+            run.queued = False
+            return
+        self._line.append(run)
+        self._start_next()
+
+    def _start_next(self) -> None:
+        """Start the rotations of queued entries while few started ones wait in line."""
+        limit = self._parts().pacer.concurrency + 1  # one more: the pacer never idles
+        while self._line and self._in_line < limit and not self._stopping():
+            run = self._line.popleft()
+            if not run.queued:  # retired (or stopped) while it waited
+                continue
+            run.queued = False
+            self._in_line += 1
+            turn = _Turn(self._turn_taken)
+            task = asyncio.get_running_loop().create_task(self._rotate(run, on_turn=turn))
+            # Also when cancelled before it ever ran (its ``finally`` would not run then).
+            task.add_done_callback(turn.done)
+            run.task = task
+
+    def _turn_taken(self) -> None:
+        self._in_line -= 1
+        self._start_next()
 
     def _record_fire(self, run: _EntryRun, when: dt.datetime) -> None:
         try:
@@ -215,19 +283,23 @@ class Entries:
         return await task
 
     async def _rotate(
-        self, run: _EntryRun, *, image: str | None = None, by_hand: bool = False
+        self,
+        run: _EntryRun,
+        *,
+        image: str | None = None,
+        by_hand: bool = False,
+        on_turn: Callable[[], None] = lambda: None,
     ) -> RotationResult | None:
         entry = run.entry
         result = None
         try:
-            if entry.schedule.every is None and entry.jitter and not by_hand:
-                await asyncio.sleep(self._jitter(entry).total_seconds())
             result = await self._parts().rotator.rotate(
                 entry,
                 run.catalog,
                 image=image,
                 wait_for_pauses=not by_hand,
                 stop_reason=lambda: self._stop_reason(run),
+                on_turn=on_turn,
             )
             if self._stop_reason(run) is None and run.fired_at is not None:
                 # Done with this due time: a restart from here on owes it nothing. An

@@ -5,8 +5,9 @@ The server counts writes in a fixed window that starts when the first one
 window from the moment it is sent until ``window`` seconds after its answer came
 back (the answer always comes after the server counted the write). Then no span of
 ``window`` seconds, wherever the server's window starts, sees more than N writes.
-Waiters are served in arrival order (``asyncio.Lock`` is FIFO), so rotations that
-come due together go out in due order.
+Waiters are served in arrival order (``asyncio.Lock`` is FIFO). The due order itself
+lives in the daemon's line of due entries (``rotator.entries``): it starts rotations in
+due order and only a few at a time, so the few waiting here are the line's head.
 """
 
 from __future__ import annotations

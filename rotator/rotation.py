@@ -35,7 +35,7 @@ from rotator.pacer import WritePacer
 from rotator.pauses import PauseBoard
 from rotator.planner import Position, advance, next_image
 from rotator.policy import Attempt, Decision, PolicySettings, decide, pause_of
-from rotator.state import HistoryRow, StateStore, WriteRecord
+from rotator.state import HistoryRow, Pause, StateStore, WriteRecord
 
 # One kind per way a rotation ends, each named as its log event is (``avatar.uploaded``,
 # ``avatar.would_upload``, ``rotation.skipped``, ``rotation.interrupted``, ``avatar.uncertain``)
@@ -76,6 +76,7 @@ class _Rotation:
     payload: Payload | None = None
     record: WriteRecord | None = None  # the ledger's record of the write in flight
     resume: bool = False  # ``record`` is a write to poll before anything is sent
+    on_turn: Callable[[], None] = lambda: None  # it no longer waits in line for the pacer
 
     def ready(self) -> tuple[CatalogImage, Payload]:
         """Return the image and the bytes being sent (set by ``Rotator._prepare``)."""
@@ -154,15 +155,24 @@ class Rotator:
         image: str | None = None,
         wait_for_pauses: bool = True,
         stop_reason: Callable[[], str | None] = lambda: None,
+        on_turn: Callable[[], None] = lambda: None,
     ) -> RotationResult:
         """Change ``entry``'s avatar once; ``image`` forces the image (a relative path).
 
         A write of this entry still pending in the ledger is resumed first: polled when
         the server gave it a record, else replayed under its own key. ``stop_reason`` is
         asked before every write: when it says why (shutting down, entry removed), the
-        rotation ends there, position unchanged.
+        rotation ends there, position unchanged. ``on_turn`` is called (maybe more than
+        once) when the rotation stops waiting in line for the pacer: its place granted,
+        or it waits out an account's pause, a resumed write or the account's other write.
         """
-        rot = _Rotation(entry=entry, catalog=catalog, rotation_id=uuid.uuid4().hex, chosen=image)
+        rot = _Rotation(
+            entry=entry,
+            catalog=catalog,
+            rotation_id=uuid.uuid4().hex,
+            chosen=image,
+            on_turn=on_turn,
+        )
         pending = self.state.pending_write(entry.entry_id)
         if pending is not None and self.setup.client is not None:
             known = catalog.get(pending.image)
@@ -184,12 +194,12 @@ class Rotator:
             if pause is not None:
                 if not wait_for_pauses:
                     return self._result(rot, "paused", pause.summary())
-                await self.pauses.wait(entry.account)
+                await self._wait_out(rot, pause)
             if rot.resume:
                 if (stopped := self._stopped(rot, stop_reason)) is not None:
                     return stopped
                 key = rot.written().idempotency_key
-                async with self._account_lock(entry.account):
+                async with self._account_lock(rot):
                     outcome = await self._resume(rot)
                 rot.resume = False
                 if rot.chosen is not None:
@@ -210,7 +220,7 @@ class Rotator:
                     return stopped
                 # One write per account at a time: an answer that pauses the account is
                 # seen by the account's next write before it goes out.
-                async with self._account_lock(entry.account):
+                async with self._account_lock(rot):
                     sent = await self._send(rot)
                 if sent == "paused":  # a pause began while this write waited for its turn
                     continue
@@ -233,6 +243,14 @@ class Rotator:
                 await self._sleep(decision.delay)
 
     # -- steps -----------------------------------------------------------------------
+
+    async def _wait_out(self, rot: _Rotation, pause: Pause) -> None:
+        """Wait until no pause holds the rotation's account."""
+        if pause.scope == "account":
+            # Others' writes go on meanwhile; a key pause holds every write, so the
+            # rotation keeps its place in line (and the entries behind it stay queued).
+            rot.on_turn()
+        await self.pauses.wait(rot.entry.account)
 
     async def _prepare(self, rot: _Rotation) -> bool:
         """Pick the image (unless one is kept) and load its bytes; False when none is left."""
@@ -308,15 +326,18 @@ class Rotator:
         return self._result(rot, "interrupted", why)
 
     @contextlib.asynccontextmanager
-    async def _account_lock(self, account: str) -> AsyncIterator[None]:
+    async def _account_lock(self, rot: _Rotation) -> AsyncIterator[None]:
         """Hold the account's lock; it is forgotten once no rotation holds or awaits it.
 
         Kept for ever, 10,000 accounts' locks stayed in memory after their one rotation.
         """
+        account = rot.entry.account
         held = self._account_locks.get(account)
         if held is None:
             held = self._account_locks[account] = (asyncio.Lock(), [0])
         lock, users = held
+        if lock.locked():
+            rot.on_turn()  # waiting for the account's other write, not for the pacer
         users[0] += 1
         try:
             async with lock:
@@ -371,6 +392,7 @@ class Rotator:
         """Send the write when the pacer allows; return its key and outcome, or why not."""
         assert self.setup.client is not None
         async with self.pacer.slot() as answered:
+            rot.on_turn()
             if self.pauses.active(rot.entry.account) is not None:
                 answered.unused()
                 return "paused"
@@ -428,6 +450,7 @@ class Rotator:
         """Poll the pending write the ledger holds until it resolves (or polling must stop)."""
         client = self.setup.client
         assert client is not None
+        rot.on_turn()  # polling may take minutes, and takes no place at the pacer
         record = rot.written()
         emit(
             "write.resumed",
