@@ -39,11 +39,6 @@ class WritePacer:
         self._admission = asyncio.Lock()
         self._changed = asyncio.Event()
 
-    @property
-    def in_flight(self) -> int:
-        """Return how many writes are under way."""
-        return self._in_flight
-
     def wait_time(self) -> float:
         """Return how long until one more write may start (0 when it may start now)."""
         now = self._clock()

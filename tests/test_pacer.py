@@ -74,7 +74,6 @@ def test_fourth_write_waits_for_the_first_answer_plus_the_window() -> None:
             clock.move_to(when)
             answer[index].set()
             await settle()
-        assert pacer.in_flight == 0
         for when in [5.0, 10.0, 10.999]:
             clock.move_to(when)
             poke(pacer)
@@ -141,7 +140,6 @@ def test_never_more_than_concurrency_writes_inside() -> None:
             async with pacer.slot():
                 inside += 1
                 peak = max(peak, inside)
-                assert pacer.in_flight == inside
                 for _ in range(3):
                     await asyncio.sleep(0)
                 inside -= 1
