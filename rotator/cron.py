@@ -90,12 +90,6 @@ class CronExpression:
     either_day: bool  # both day fields restricted, neither starting with "*"
     wildcard: bool  # the minute or the hour field starts with "*"
 
-    def matches_day(self, day: dt.date) -> bool:
-        """Tell whether the job runs on a calendar day (month and day fields)."""
-        if day.month not in self.months:
-            return False
-        return self.matches_day_of(day.day, (day.weekday() + 1) % 7)
-
     def matches_day_of(self, day: int, weekday: int) -> bool:
         """Tell whether the day fields match a day of the month and a weekday (0 = Sunday)."""
         in_days = day in self.days
@@ -120,11 +114,6 @@ class Schedule:
     text: str
     every: float | None = None  # seconds between rotations for "every D"; None for cron
     cron: CronExpression | None = dataclasses.field(default=None, compare=False)
-
-    @property
-    def is_cron(self) -> bool:
-        """Tell whether this schedule is a cron expression."""
-        return self.every is None
 
     def __str__(self) -> str:
         return self.text

@@ -35,7 +35,6 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -186,22 +185,6 @@ def rejected_verdict(reason: str, size_bytes: int = 0, settings_key: str = "") -
     )
 
 
-def read_image_file(path: Path, max_source_bytes: int) -> bytes:
-    """Read a whole regular file (at most ``max_source_bytes``); raise ``ImageError``."""
-    data, reason, _ = _read_bounded(path, max_source_bytes)
-    if data is None:
-        raise ImageError(reason or "unreadable")
-    return data
-
-
-def inspect_image(path: Path, settings: FitSettings) -> ImageVerdict:
-    """Read and fully decode one file and judge it against ``settings``; never raise."""
-    data, reason, size = _read_bounded(path, settings.max_source_bytes)
-    if data is None:
-        return rejected_verdict(reason or "unreadable", size, settings.verdict_key)
-    return judge_image_bytes(data, settings)
-
-
 def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
     """Fully decode in-memory file bytes and judge them against ``settings``."""
     digest = hashlib.sha256(data).hexdigest()
@@ -282,11 +265,6 @@ def judge_image_bytes(data: bytes, settings: FitSettings) -> ImageVerdict:
     needs_fit = settings.fit == "always" or not sendable
     sent_format = ("png" if transparent else "jpeg") if needs_fit else fmt
     return verdict(None, fmt, size, SENDABLE_MIME[sent_format], needs_fit)
-
-
-def fit_image(source: Path, settings: FitSettings) -> FittedImage:
-    """Convert one file into a JPEG or PNG within ``settings``; raise ``ImageError``."""
-    return fit_image_bytes(read_image_file(source, settings.max_source_bytes), settings)
 
 
 def fit_image_bytes(data: bytes, settings: FitSettings) -> FittedImage:
@@ -378,19 +356,6 @@ def human_bytes(n: int) -> str:
     if n < 1024**3:
         return f"{n / 1024**2:.1f} MB"
     return f"{n / 1024**3:.1f} GB"
-
-
-def _read_bounded(path: Path, limit: int) -> tuple[bytes | None, str | None, int]:
-    """Read a regular file of at most ``limit`` bytes: (data, None, size) or (None, why, size)."""
-    try:
-        # O_NONBLOCK: opening a FIFO someone dropped in the folder must not hang us.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        return None, _unreadable(exc), 0
-    try:
-        return read_open_file(fd, limit)
-    finally:
-        os.close(fd)
 
 
 def _unreadable(exc: OSError) -> str:

@@ -151,6 +151,8 @@ class Library:
             folders=len(self._catalogs),
             usable=self._quiet_adds,
             rejected=sum(len(catalog.rejected()) for catalog in self._catalogs.values()),
+            # What watch.mode = "auto" chose: "native", "polling", or "native+polling".
+            watch_mode=self.watcher.mode_in_use,
         )
         self._quiet_adds = None
 

@@ -78,7 +78,7 @@ def test_example_config_loads_as_is() -> None:
     settings = load_settings(EXAMPLE, {})
     assert len(settings.accounts) >= 2
     assert {entry.account for entry in settings.accounts} >= {"myxaccount"}
-    assert any(entry.schedule.is_cron for entry in settings.accounts)
+    assert any(entry.schedule.every is None for entry in settings.accounts)
     for entry in settings.accounts:
         assert entry.folder.is_dir()
         assert entry.folder.is_relative_to(REPO / "examples")
@@ -180,7 +180,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         "shuffle",
         120,
     )
-    assert entry.schedule.is_cron
+    assert entry.schedule.every is None
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:

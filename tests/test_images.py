@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -24,12 +24,11 @@ from rotator.images import (
     ImageVerdict,
     check_line,
     fit_cache_name,
-    fit_image,
     fit_image_bytes,
     human_bytes,
-    inspect_image,
     judge_image_bytes,
     read_fitted,
+    read_open_file,
 )
 
 DEFAULT = FitSettings()
@@ -85,22 +84,13 @@ def png_with_header(width: int, height: int) -> bytes:
     )
 
 
-def permissions_are_bypassed(path: Path) -> bool:
-    """Tell whether this process can open ``path`` although its mode forbids it."""
-    try:
-        path.open("rb").close()
-    except PermissionError:
-        return False
-    return True
-
-
 SMALL_PNG = encode(picture((64, 48)), "PNG")
 SMALL_JPEG = encode(picture((64, 48)), "JPEG", quality=90)
 
 
-def test_valid_png_is_usable_as_is(tmp_path: Path) -> None:
+def test_valid_png_is_usable_as_is() -> None:
     """A small valid PNG is usable, needs no fitting, and its facts are right."""
-    verdict = inspect_image(write(tmp_path, "a.png", SMALL_PNG), DEFAULT)
+    verdict = judge_image_bytes(SMALL_PNG, DEFAULT)
     assert verdict.usable
     assert verdict.reason is None
     assert verdict.needs_fit is False
@@ -111,96 +101,93 @@ def test_valid_png_is_usable_as_is(tmp_path: Path) -> None:
     assert verdict.settings_key == DEFAULT.verdict_key
 
 
-def test_valid_jpeg_is_usable_as_is(tmp_path: Path) -> None:
+def test_valid_jpeg_is_usable_as_is() -> None:
     """A small valid JPEG is usable and needs no fitting."""
-    verdict = inspect_image(write(tmp_path, "a.jpg", SMALL_JPEG), DEFAULT)
+    verdict = judge_image_bytes(SMALL_JPEG, DEFAULT)
     assert verdict.usable
     assert not verdict.needs_fit
     assert (verdict.format, verdict.mime) == ("jpeg", "image/jpeg")
 
 
 @pytest.mark.parametrize("cut", [2, 10, len(SMALL_JPEG) // 2])
-def test_truncated_jpeg_is_rejected(tmp_path: Path, cut: int) -> None:
+def test_truncated_jpeg_is_rejected(cut: int) -> None:
     """A JPEG missing its last bytes (even only the end marker) is rejected as truncated."""
-    verdict = inspect_image(write(tmp_path, "t.jpg", SMALL_JPEG[:-cut]), DEFAULT)
+    verdict = judge_image_bytes(SMALL_JPEG[:-cut], DEFAULT)
     assert not verdict.usable
     assert verdict.reason == "truncated or corrupt JPEG"
 
 
 @pytest.mark.parametrize("cut", [12, 13, 20, len(SMALL_PNG) // 2])
-def test_truncated_png_is_rejected(tmp_path: Path, cut: int) -> None:
+def test_truncated_png_is_rejected(cut: int) -> None:
     """A PNG cut short is rejected, including cuts Pillow's load() alone accepts."""
-    verdict = inspect_image(write(tmp_path, "t.png", SMALL_PNG[:-cut]), DEFAULT)
+    verdict = judge_image_bytes(SMALL_PNG[:-cut], DEFAULT)
     assert not verdict.usable
     assert verdict.reason == "truncated or corrupt PNG"
 
 
-def test_text_file_named_png_is_rejected(tmp_path: Path) -> None:
+def test_text_file_named_png_is_rejected() -> None:
     """The extension does not make a text file an image."""
-    verdict = inspect_image(write(tmp_path, "notes.png", b"just some notes\n" * 20), DEFAULT)
+    verdict = judge_image_bytes(b"just some notes\n" * 20, DEFAULT)
     assert not verdict.usable
     assert verdict.reason == "not an image (text file)"
 
 
-def test_binary_garbage_is_rejected_as_unknown_format(tmp_path: Path) -> None:
+def test_binary_garbage_is_rejected_as_unknown_format() -> None:
     """Bytes that are neither text nor a known image are named as such."""
-    verdict = inspect_image(write(tmp_path, "x.jpg", bytes(range(256)) * 4), DEFAULT)
+    verdict = judge_image_bytes(bytes(range(256)) * 4, DEFAULT)
     assert verdict.reason == "not an image (unknown or unsupported format)"
 
 
-def test_png_named_jpg_is_usable(tmp_path: Path) -> None:
+def test_png_named_jpg_is_usable() -> None:
     """Content decides the format, not the extension."""
-    verdict = inspect_image(write(tmp_path, "photo.jpg", SMALL_PNG), DEFAULT)
+    verdict = judge_image_bytes(SMALL_PNG, DEFAULT)
     assert verdict.usable
     assert not verdict.needs_fit
     assert (verdict.format, verdict.mime) == ("png", "image/png")
 
 
-def test_empty_file_is_rejected(tmp_path: Path) -> None:
+def test_empty_file_is_rejected() -> None:
     """A zero-byte file is rejected as empty."""
-    verdict = inspect_image(write(tmp_path, "empty.png", b""), DEFAULT)
+    verdict = judge_image_bytes(b"", DEFAULT)
     assert (verdict.usable, verdict.reason) == (False, "empty file")
 
 
-def test_oversize_jpeg_needs_fit_in_auto_and_is_rejected_when_fitting_is_off(
-    tmp_path: Path,
-) -> None:
+def test_oversize_jpeg_needs_fit_in_auto_and_is_rejected_when_fitting_is_off() -> None:
     """A valid JPEG over 700 KB is fitted under fit=auto and refused under fit=off."""
     data = encode(picture((1100, 1100), noise=True), "JPEG", quality=95)
     assert len(data) > 716_800
-    path = write(tmp_path, "big.jpg", data)
 
-    auto = inspect_image(path, DEFAULT)
+    auto = judge_image_bytes(data, DEFAULT)
     assert auto.usable
     assert auto.needs_fit
     assert auto.mime == "image/jpeg"
 
-    off = inspect_image(path, FitSettings(fit="off"))
+    off = judge_image_bytes(data, FitSettings(fit="off"))
     assert not off.usable
     assert off.reason == f"over 700 KB ({human_bytes(len(data))}) and fitting is off"
 
 
-def test_webp_is_rejected_when_fitting_is_off_and_fitted_otherwise(tmp_path: Path) -> None:
+def test_webp_is_rejected_when_fitting_is_off_and_fitted_otherwise() -> None:
     """Only JPEG and PNG are sendable as they are."""
-    path = write(tmp_path, "a.webp", encode(picture((64, 48)), "WEBP"))
-    off = inspect_image(path, FitSettings(fit="off"))
+    data = encode(picture((64, 48)), "WEBP")
+    off = judge_image_bytes(data, FitSettings(fit="off"))
     assert off.reason == "WEBP is not JPEG or PNG and fitting is off"
-    auto = inspect_image(path, DEFAULT)
+    auto = judge_image_bytes(data, DEFAULT)
     assert (auto.usable, auto.needs_fit, auto.format) == (True, True, "webp")
 
 
-def test_fit_always_marks_even_sendable_files(tmp_path: Path) -> None:
+def test_fit_always_marks_even_sendable_files() -> None:
     """With fit=always a valid small JPEG still needs fitting."""
-    verdict = inspect_image(write(tmp_path, "a.jpg", SMALL_JPEG), FitSettings(fit="always"))
+    verdict = judge_image_bytes(SMALL_JPEG, FitSettings(fit="always"))
     assert verdict.usable
     assert verdict.needs_fit
 
 
-def test_multi_picture_jpeg_counts_as_jpeg(tmp_path: Path) -> None:
+def test_multi_picture_jpeg_counts_as_jpeg() -> None:
     """A phone's multi-picture JPEG (Pillow calls it MPO) is sent as the JPEG it is."""
     first, second = picture((64, 48), seed=1), picture((64, 48), seed=2)
     data = encode(first, "MPO", save_all=True, append_images=[second])
-    verdict = inspect_image(write(tmp_path, "phone.jpg", data), DEFAULT)
+    verdict = judge_image_bytes(data, DEFAULT)
     assert (verdict.usable, verdict.needs_fit, verdict.format) == (True, False, "jpeg")
 
 
@@ -220,15 +207,12 @@ def animated_gif() -> bytes:
         ("big.jpg", encode(picture((1100, 1100), noise=True), "JPEG", quality=95)),
     ],
 )
-def test_other_formats_are_fitted_square_within_limits(
-    tmp_path: Path, name: str, data: bytes
-) -> None:
+def test_other_formats_are_fitted_square_within_limits(name: str, data: bytes) -> None:
     """WebP, animated GIF, BMP, TIFF and oversize JPEG become a square JPEG/PNG within limits."""
-    path = write(tmp_path, name, data)
-    verdict = inspect_image(path, DEFAULT)
+    verdict = judge_image_bytes(data, DEFAULT)
     assert verdict.usable
     assert verdict.needs_fit
-    fitted = fit_image(path, DEFAULT)
+    fitted = fit_image_bytes(data, DEFAULT)
     assert fitted.format in ("jpeg", "png")
     assert len(fitted.data) <= DEFAULT.max_bytes
     assert fitted.width == fitted.height <= DEFAULT.size
@@ -309,11 +293,11 @@ def test_unusual_modes_are_converted(mode: str) -> None:
         assert 145 <= red <= 165
 
 
-def test_decompression_bomb_is_rejected_from_the_header(tmp_path: Path) -> None:
+def test_decompression_bomb_is_rejected_from_the_header() -> None:
     """A tiny PNG claiming 30000x30000 pixels is rejected before decoding, as a bomb."""
     data = png_with_header(30_000, 30_000)
     assert len(data) < 200
-    verdict = inspect_image(write(tmp_path, "bomb.png", data), DEFAULT)
+    verdict = judge_image_bytes(data, DEFAULT)
     assert not verdict.usable
     assert verdict.reason == "decompression bomb: 900 megapixels over the 40 megapixel limit"
     assert (verdict.width, verdict.height) == (30_000, 30_000)
@@ -327,57 +311,57 @@ def test_max_pixels_is_a_setting() -> None:
     assert verdict.reason == "decompression bomb: 0 megapixels over the 0 megapixel limit"
 
 
+def read_with_limit(path: Path, limit: int) -> tuple[bytes | None, str | None, int]:
+    """Open ``path`` the way the catalog does (read-only, non-blocking) and read it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return read_open_file(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def test_over_max_source_bytes_is_rejected_without_reading(tmp_path: Path) -> None:
-    """A file larger than max_source_bytes is refused by its size."""
-    verdict = inspect_image(write(tmp_path, "a.png", SMALL_PNG), FitSettings(max_source_bytes=100))
-    assert not verdict.usable
-    assert verdict.reason is not None
-    assert verdict.reason.startswith("larger than max_source_bytes")
-    assert verdict.sha256 is None
-    assert verdict.size_bytes == len(SMALL_PNG)
+    """A file larger than max_source_bytes is refused by its size, its bytes unread."""
+    path = write(tmp_path, "a.png", SMALL_PNG)
+    data, reason, size = read_with_limit(path, 100)
+    assert data is None
+    assert reason == f"larger than max_source_bytes ({human_bytes(len(SMALL_PNG))} over 100 bytes)"
+    assert size == len(SMALL_PNG)
 
 
-def test_unreadable_file_is_rejected(tmp_path: Path) -> None:
-    """A file without read permission is rejected as unreadable."""
-    path = write(tmp_path, "locked.png", SMALL_PNG)
-    path.chmod(0)
-    if os.access(path, os.R_OK) and permissions_are_bypassed(path):
-        pytest.skip("this process reads files regardless of permissions (root)")
-    verdict = inspect_image(path, DEFAULT)
-    assert verdict.reason == "unreadable: permission denied"
+def test_file_at_the_limit_is_read_whole(tmp_path: Path) -> None:
+    """A file of exactly max_source_bytes is read in full from its start."""
+    path = write(tmp_path, "a.png", SMALL_PNG)
+    assert read_with_limit(path, len(SMALL_PNG)) == (SMALL_PNG, None, len(SMALL_PNG))
 
 
-def test_folder_in_place_of_a_file_is_rejected(tmp_path: Path) -> None:
-    """A folder passed as an image is rejected, not read."""
+def test_folder_descriptor_is_rejected_not_read(tmp_path: Path) -> None:
+    """A descriptor of a folder is refused as not a regular file, not read."""
     folder = tmp_path / "folder.png"
     folder.mkdir()
-    verdict = inspect_image(folder, DEFAULT)
-    assert (verdict.usable, verdict.reason) == (False, "not a regular file (a folder)")
+    assert read_with_limit(folder, DEFAULT.max_source_bytes) == (
+        None,
+        "not a regular file (a folder)",
+        0,
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_named_pipe_is_rejected_without_blocking(tmp_path: Path) -> None:
-    """A FIFO with no writer is rejected at once instead of hanging the reader."""
+    """A FIFO with no writer is refused at once instead of hanging the reader."""
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    verdict = inspect_image(fifo, DEFAULT)
-    assert verdict.reason == "not a regular file"
+    assert read_with_limit(fifo, DEFAULT.max_source_bytes) == (None, "not a regular file", 0)
 
 
-def test_missing_file_is_reported_as_vanished(tmp_path: Path) -> None:
-    """A path that no longer exists gives a 'vanished' rejection, not an exception."""
-    verdict = inspect_image(tmp_path / "gone.png", DEFAULT)
-    assert verdict.reason == "vanished while reading"
-
-
-def test_fit_image_raises_only_image_error(tmp_path: Path) -> None:
-    """Every failure of fit_image is an ImageError with the reason in it."""
+def test_fit_raises_only_image_error() -> None:
+    """Every failure of fit_image_bytes is an ImageError with the reason in it."""
     with pytest.raises(ImageError, match=r"not an image \(text file\)"):
-        fit_image(write(tmp_path, "t.png", b"hello\n"), DEFAULT)
-    with pytest.raises(ImageError, match="vanished"):
-        fit_image(tmp_path / "missing.png", DEFAULT)
+        fit_image_bytes(b"hello\n", DEFAULT)
+    with pytest.raises(ImageError, match="empty file"):
+        fit_image_bytes(b"", DEFAULT)
     with pytest.raises(ImageError, match="truncated"):
-        fit_image(write(tmp_path, "cut.jpg", SMALL_JPEG[:-5]), DEFAULT)
+        fit_image_bytes(SMALL_JPEG[:-5], DEFAULT)
 
 
 def test_fit_shrinks_dimensions_when_quality_is_not_enough() -> None:
@@ -525,22 +509,19 @@ def damaged(original: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
     return bytes(data)
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=60, deadline=None)
 @given(
     which=st.sampled_from(["jpeg", "png"]),
     cut=st.integers(0, 10_000),
     flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=4),
 )
 def test_property_damaged_files_never_raise(
-    tmp_path: Path, which: str, cut: int, flips: list[tuple[int, int]]
+    which: str, cut: int, flips: list[tuple[int, int]]
 ) -> None:
     """Cut or bit-flipped JPEG/PNG files give a verdict (fit an ImageError), never a crash."""
     original = encode(picture((96, 80)), "JPEG" if which == "jpeg" else "PNG")
     data = damaged(original, cut % (len(original) + 1), flips)
-    path = write(tmp_path, "damaged.img", data)
-    verdict = inspect_image(path, DEFAULT)
+    verdict = judge_image_bytes(data, DEFAULT)
     assert verdict.usable or verdict.reason
     assert verdict.sha256 == hashlib.sha256(data).hexdigest()
     with contextlib.suppress(ImageError):

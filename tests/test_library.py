@@ -9,7 +9,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
+from structlog.testing import capture_logs
 
 from rotator.config import WatchSection
 from rotator.images import FitSettings
@@ -81,3 +83,31 @@ def test_folder_events_reach_the_catalog_and_fitted_copies_of_gone_images_are_pr
     assert after_add == ["1.png", "2.png", "big.png"]
     assert last == ["1.png", "2.png"]
     assert pictures in changed, "the entries hear which folder changed"
+
+
+@pytest.mark.parametrize("mode", ["native", "polling"])
+def test_start_up_scan_names_the_watching_in_use(tmp_path: Path, mode: str) -> None:
+    """The catalog.scanned line tells how the folders are watched."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    _png(pictures / "1.png", 10)
+
+    async def go() -> None:
+        with StateStore.open(tmp_path / "state", lock=True) as state:
+            library = Library(
+                asyncio.get_running_loop(),
+                state=state,
+                fitted_dir=tmp_path / "state" / "fitted",
+                watch=WatchSection(mode=mode, settle=0.05, poll_interval=0.1),
+                spawn=lambda coro: coro.close(),
+                on_change=lambda _folder: None,
+            )
+            await library.start([pictures], FitSettings(min_size=16))
+            library.close()
+
+    with capture_logs() as logs:
+        asyncio.run(go())
+    scanned = [event for event in logs if event["event"] == "catalog.scanned"]
+    assert [(event["folders"], event["usable"], event["watch_mode"]) for event in scanned] == [
+        (1, 1, mode)
+    ]

@@ -18,8 +18,8 @@ BERLIN = ZoneInfo("Europe/Berlin")
 def test_parse_cron_schedule() -> None:
     """Prove a 5-field cron string parses into a cron Schedule keeping its text."""
     schedule = parse_schedule("0 */6 * * *")
-    assert schedule.is_cron
     assert schedule.every is None
+    assert schedule.cron is not None
     assert str(schedule) == "0 */6 * * *"
 
 
@@ -35,8 +35,8 @@ def test_parse_cron_normalises_whitespace() -> None:
 def test_parse_every_schedule(text: str, seconds: float) -> None:
     """Prove 'every <duration>' parses into an interval schedule in seconds."""
     schedule = parse_schedule(text)
-    assert not schedule.is_cron
     assert schedule.every == seconds
+    assert schedule.cron is None
 
 
 @pytest.mark.parametrize(
