@@ -34,6 +34,7 @@ from rotator.images import (
     FittedImage,
     ImageVerdict,
     judge_image_bytes,
+    os_error_reason,
     read_open_file,
     rejected_verdict,
 )
@@ -244,7 +245,7 @@ class Catalog:
         try:
             root_status = os.stat(self._root)
         except OSError as exc:
-            return ScanResult(files=(), folder_error=_os_reason(exc))
+            return ScanResult(files=(), folder_error=os_error_reason(exc))
         if not stat.S_ISDIR(root_status.st_mode):
             return ScanResult(files=(), folder_error="not a folder")
         visited = {(root_status.st_dev, root_status.st_ino)}
@@ -280,12 +281,12 @@ class Catalog:
             except FileNotFoundError:
                 return None
             except OSError as exc:
-                return self._rejection(relative, _os_reason(exc))
+                return self._rejection(relative, os_error_reason(exc))
             return self._rejection(relative, "broken symlink")
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 return self._rejection(relative, "symlink loop")
-            return self._rejection(relative, _os_reason(exc))
+            return self._rejection(relative, os_error_reason(exc))
         if stat.S_ISDIR(status.st_mode):
             return None
         if not stat.S_ISREG(status.st_mode):
@@ -308,7 +309,7 @@ class Catalog:
         try:
             fd = self._open_inside(image.path)
         except OSError as exc:
-            raise ImageError(f"{image.relative}: {_os_reason(exc)}") from None
+            raise ImageError(f"{image.relative}: {os_error_reason(exc)}") from None
         except _RejectedError as exc:
             raise ImageError(f"{image.relative}: {exc}") from None
         try:
@@ -445,7 +446,9 @@ class Catalog:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             if prefix:
-                yield self._rejection(prefix.rstrip("/"), f"unreadable folder: {_os_reason(exc)}")
+                yield self._rejection(
+                    prefix.rstrip("/"), f"unreadable folder: {os_error_reason(exc)}"
+                )
             return
         for entry in entries:
             if not is_candidate_name(entry.name):
@@ -456,7 +459,7 @@ class Catalog:
                 yield from self._walk_entry(entry, path, relative, visited, pending)
             except OSError as exc:  # vanished or unreadable between listing and looking
                 if not isinstance(exc, FileNotFoundError):
-                    yield self._rejection(relative, _os_reason(exc))
+                    yield self._rejection(relative, os_error_reason(exc))
 
     def _walk_entry(
         self,
@@ -517,7 +520,7 @@ class Catalog:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 return self._rejection(relative, "symlink loop")
-            return self._rejection(relative, _os_reason(exc))
+            return self._rejection(relative, os_error_reason(exc))
         try:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
@@ -612,7 +615,7 @@ class Catalog:
         """Return the stored fitted copy of ``image``, making and storing it the first time."""
 
         def not_stored(exc: OSError) -> None:
-            self._log("image.fit_not_stored", path=image.relative, reason=_os_reason(exc))
+            self._log("image.fit_not_stored", path=image.relative, reason=os_error_reason(exc))
 
         fitted, made = fitted_copy(fitted_dir, image.verdict, data, self._settings, not_stored)
         if made:
@@ -693,17 +696,9 @@ def _sent_filename(name: str, image_format: str) -> str:
     return f"{path.stem if path.suffix else name}{suffixes[0]}"
 
 
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, FileNotFoundError):
-        return "vanished"
-    return (exc.strerror or str(exc)).lower()
-
-
 def _symlink_reason(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return "symlink loop"
     if isinstance(exc, FileNotFoundError):
         return "broken symlink"
-    return f"unreadable symlink: {_os_reason(exc)}"
+    return f"unreadable symlink: {os_error_reason(exc)}"

@@ -358,13 +358,13 @@ def human_bytes(n: int) -> str:
     return f"{n / 1024**3:.1f} GB"
 
 
-def _unreadable(exc: OSError) -> str:
-    """Say why a file could not be opened or read, the same words either way."""
-    if isinstance(exc, FileNotFoundError):
-        return "vanished while reading"
+def os_error_reason(exc: OSError) -> str:
+    """Say in a few words why a file or folder could not be opened or read."""
     if isinstance(exc, PermissionError):
-        return "unreadable: permission denied"
-    return f"unreadable: {(exc.strerror or str(exc)).lower()}"
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "vanished"
+    return (exc.strerror or str(exc)).lower()
 
 
 def read_open_file(fd: int, limit: int) -> tuple[bytes | None, str | None, int]:
@@ -389,7 +389,7 @@ def read_open_file(fd: int, limit: int) -> tuple[bytes | None, str | None, int]:
             chunks.append(chunk)
             total += len(chunk)
     except OSError as exc:
-        return None, _unreadable(exc), 0
+        return None, f"unreadable: {os_error_reason(exc)}", 0
     data = b"".join(chunks)
     if len(data) > limit:
         return None, _too_large(len(data), limit), len(data)
