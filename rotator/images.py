@@ -1,7 +1,7 @@
 """Decode, validate and fit one image file for the avatar endpoint (JPEG or PNG, ≤ 700 KB).
 
-This is the only module that imports Pillow. Everything here blocks: the service calls
-it through ``asyncio.to_thread``. A file is read once into memory (bounded by
+This is the only module that imports Pillow. Everything here blocks: the catalogs call
+it from worker threads. A file is read once into memory (bounded by
 ``max_source_bytes``) and hashed and decoded from those bytes, so the hash and the
 verdict always describe the same version of a file that may be changing on disk.
 Decoding is serialised by a lock so at most one large image is in memory at a time.

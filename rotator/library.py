@@ -170,8 +170,9 @@ class Library:
         snapshot = self._state.cache_snapshot() if len(new_folders) >= SCAN_BATCH else None
         caches = []
         real_parents: dict[str, str] = {}  # one realpath per distinct parent folder
+        if new_folders:
+            self._roots = None  # made again on first use, with the new folders
         for folder in new_folders:
-            self._roots = None
             cache = StateValidationCache(self._state)
             cache.snapshot = snapshot
             caches.append(cache)
@@ -189,7 +190,6 @@ class Library:
         self,
         folders: Sequence[Path] | None = None,
         *,
-        prune: bool = True,
         before_scan: Callable[[Sequence[Path]], None] | None = None,
     ) -> None:
         """Scan folders (all when None), many to a worker-thread call; then prune fitted copies.
@@ -210,7 +210,7 @@ class Library:
                     before_scan(batch)
                 await slots.acquire()
                 scans.create_task(self._scan_batch(batch, slots, changed))
-        if prune and pending:
+        if pending:
             await self.prune_fitted()
 
     async def _scan_batch(

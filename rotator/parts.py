@@ -125,7 +125,7 @@ async def credits_available(parts: Parts) -> bool | None:
     )
     if balance is None:
         return None
-    needed = parts.settings.api.credits_per_call
+    needed = parts.rotation.credits_per_call
     emit("credits.checked", balance=balance, needed=needed)
     return balance >= needed
 

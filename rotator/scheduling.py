@@ -3,8 +3,8 @@
 This is the only module that imports APScheduler. What a schedule means (cronie's
 grammar, the instants cron(8) runs a job at, ``every D``) is ``rotator.cron``; the
 cron trigger here only asks it for the next instant, so the daemon fires exactly
-when ``plan`` says. Jobs do nothing but tell the service that an entry is due; the
-service decides what a rotation is, merges a due rotation into one still running and
+when ``plan`` says. Jobs do nothing but tell the daemon's entries that one is due;
+``rotator.entries`` decides what a rotation is, merges a due rotation into one still running and
 reschedules ``every`` entries from their last rotation's end.
 """
 
