@@ -67,7 +67,7 @@ from rotator.errors import (
 from rotator.heartbeat import read_heartbeat
 from rotator.images import FitSettings, check_line, fit_image_bytes, set_library_sink
 from rotator.keys import NO_KEY, ApiKey, find_api_key
-from rotator.library import StateValidationCache
+from rotator.library import StateValidationCache, scan_once
 from rotator.logs import add_secret, configure, emit, library_warning, redact_text
 from rotator.names import escape_name
 from rotator.parts import build_parts, fit_settings, state_dir_for
@@ -269,13 +269,9 @@ async def rotate_now(
         )
         try:
             parts.pauses.restore()
-            catalogs: dict[Path, Catalog] = {}
+            catalogs = await scan_once(state, [entry.folder for entry in entries], parts.fit)
             chosen: list[tuple[AccountEntry, Catalog, str | None]] = []
             for entry in entries:
-                if entry.folder not in catalogs:
-                    catalog = Catalog(entry.folder, parts.fit, StateValidationCache(state), emit)
-                    catalog.apply_scan(await asyncio.to_thread(catalog.scan))
-                    catalogs[entry.folder] = catalog
                 catalog = catalogs[entry.folder]
                 forced = _forced_image(catalog.folder, image)
                 if image is not None and forced is None:

@@ -8,6 +8,7 @@ through here before it is stored (SQLite) or printed: error codes must look like
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ FRAGMENT = 12  # a run of this many characters of the key is masked wherever it 
 _MIN_SECRET = 4  # masking a very short string would garble ordinary text
 _CODE = re.compile(r"[a-z0-9_]{1,64}")
 
-_secrets: set[str] = set()
+_registered: list[str] = []  # only ever appended to (under the lock): read without one
 _lock = threading.Lock()
 
 
@@ -26,30 +27,27 @@ def add_secret(value: str) -> None:
     """Register a value (the API key) that must never be stored or printed."""
     if len(value) >= _MIN_SECRET:
         with _lock:
-            _secrets.add(value)
-
-
-def registered() -> tuple[str, ...]:
-    """Return the registered secrets."""
-    with _lock:
-        return tuple(_secrets)
+            if value not in _registered:
+                _registered.append(value)
 
 
 def redact(text: str, secrets: Iterable[str | None] = (), *, mask: str = REDACTED) -> str:
     """Return ``text`` with the given and the registered secrets, and long fragments, masked."""
-    wanted = [s for s in (*secrets, *registered()) if isinstance(s, str) and len(s) >= _MIN_SECRET]
-    if not wanted or not text:
+    if not text:
+        return text
+    wanted = tuple(_registered)
+    if secrets:
+        given = (s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SECRET)
+        wanted = (*given, *wanted)
+    if not wanted:
+        return text
+    pattern = _pieces_pattern(wanted)
+    if pattern.search(text) is None:  # nearly every text: one scan in C, nothing to mask
         return text
     masked = [False] * len(text)
-    for secret in wanted:
-        _mark(text, secret, masked)
-        if len(secret) > FRAGMENT:
-            fragments = {secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
-            for start in range(len(text) - FRAGMENT + 1):
-                if text[start : start + FRAGMENT] in fragments:
-                    masked[start : start + FRAGMENT] = [True] * FRAGMENT
-    if not any(masked):
-        return text
+    for found in pattern.finditer(text):
+        start = found.start()
+        masked[start : start + len(found[1])] = [True] * len(found[1])
     out: list[str] = []
     for index, char in enumerate(text):
         if not masked[index]:
@@ -59,11 +57,21 @@ def redact(text: str, secrets: Iterable[str | None] = (), *, mask: str = REDACTE
     return "".join(out)
 
 
-def _mark(text: str, secret: str, masked: list[bool]) -> None:
-    start = text.find(secret)
-    while start >= 0:
-        masked[start : start + len(secret)] = [True] * len(secret)
-        start = text.find(secret, start + 1)
+@functools.lru_cache(maxsize=32)
+def _pieces_pattern(secrets: tuple[str, ...]) -> re.Pattern[str]:
+    """Return a pattern that matches where each secret, or a FRAGMENT-long piece of one, starts.
+
+    The lookahead finds overlapping pieces too, so a longer run of the key is masked
+    whole. Longest first: a match covers as much as it can from where it starts.
+    """
+    pieces: set[str] = set()
+    for secret in secrets:
+        if len(secret) > FRAGMENT:
+            pieces.update(secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1))
+        else:
+            pieces.add(secret)
+    ordered = sorted(pieces, key=lambda piece: (-len(piece), piece))
+    return re.compile("(?=(" + "|".join(re.escape(piece) for piece in ordered) + "))")
 
 
 def redact_optional(text: object, secrets: Iterable[str | None] = ()) -> str | None:

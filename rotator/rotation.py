@@ -403,7 +403,8 @@ class Rotator:
             key = rot.replay_key or self._new_key(rot)
             outcome = await self._send_now(rot, key, answered)
         if outcome.request_id is not None:
-            self._keep(rot, request_id=outcome.request_id)
+            # Kept with what comes of the answer (_act), in the same transaction.
+            rot.record = dataclasses.replace(rot.written(), request_id=outcome.request_id)
         return key, outcome
 
     async def _send_now(self, rot: _Rotation, key: str, answered: Callable[[], None]) -> Outcome:
@@ -577,7 +578,7 @@ class Rotator:
             row = dataclasses.replace(row, outcome="unresolved")
         self.state.record_failure(
             row,
-            keep_pending=same_key,
+            pending=record if same_key else None,
             shown_in_cycle=self._position_after(rot).shown_in_cycle if decision.move_on else None,
         )
         emit(

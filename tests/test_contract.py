@@ -70,7 +70,14 @@ def _comparable(request: RecordedRequest) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("filename", "data", "mime"),
-    [("a.png", PNG, "image/png"), ("photo one.jpg", JPEG, "image/jpeg")],
+    [
+        ("a.png", PNG, "image/png"),
+        ("photo one.jpg", JPEG, "image/jpeg"),
+        # Names the form encoding escapes: quotes, backslashes, control characters, and
+        # characters outside ASCII (a non-UTF-8 name arrives escaped: caf\\xe9).
+        ('say "hi"\\back\tslash\x1b.png', PNG, "image/png"),
+        ("café\\xe9 ☃.jpg", JPEG, "image/jpeg"),
+    ],
 )
 def test_file_write_equals_the_sdk_update_avatar(
     fake_xquik: FakeXquik, filename: str, data: bytes, mime: str

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from rotator.config import WatchSection
 from rotator.images import FitSettings
-from rotator.library import Library
+from rotator.library import SCAN_BATCH, Library, scan_once
 from rotator.state import StateStore
 
 
@@ -111,3 +111,37 @@ def test_start_up_scan_names_the_watching_in_use(tmp_path: Path, mode: str) -> N
     assert [(event["folders"], event["usable"], event["watch_mode"]) for event in scanned] == [
         (1, 1, mode)
     ]
+
+
+@pytest.mark.parametrize("folders", [3, SCAN_BATCH + 5])
+def test_a_one_shot_scan_finds_every_image_and_logs_one_line(tmp_path: Path, folders: int) -> None:
+    """scan_once (``rotator rotate``): every folder's catalog, one summary line, no per image.
+
+    With SCAN_BATCH folders or more it reads the validation cache once; the verdicts it
+    finds there are the ones a scan of each file gives.
+    """
+    roots = [tmp_path / f"f{number:03}" for number in range(folders)]
+    for number, root in enumerate(roots):
+        root.mkdir()
+        _png(root / "a.png", number % 200)
+        _png(root / "b.png", 255 - number % 200)
+    (roots[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+
+    async def scan() -> dict[Path, list[str]]:
+        with StateStore.open(tmp_path / "state", lock=True) as state:
+            catalogs = await scan_once(state, [*roots, roots[0]], FitSettings(min_size=16))
+            return {
+                folder: [image.relative for image in catalog.usable()]
+                for folder, catalog in catalogs.items()
+            }
+
+    for _ in range(2):  # cold, then warm (from the validation cache)
+        with capture_logs() as logs:
+            found = asyncio.run(scan())
+        assert found == {root: ["a.png", "b.png"] for root in roots}
+        assert [event["event"] for event in logs] == ["image.rejected", "catalog.scanned"]
+        assert (logs[-1]["folders"], logs[-1]["usable"], logs[-1]["rejected"]) == (
+            folders,
+            2 * folders,
+            1,
+        )

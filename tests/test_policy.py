@@ -276,8 +276,8 @@ def test_no_answer_replays_with_the_same_key(tries: int) -> None:
 def test_no_answer_on_the_last_try_is_not_given_up_as_a_failure(tries: int) -> None:
     """A write that may have happened is never dropped: out of tries it stays replay/uncertain.
 
-    ``give_up`` makes the rotation clear the pending write (keep_pending is only set for
-    ``replay``), so the next rotation can no longer ask the server what became of it.
+    ``give_up`` makes the rotation clear the pending write (only ``replay`` keeps it), so
+    the next rotation could no longer ask the server what became of it.
     """
     decision = run(Outcome(kind="no_answer", message="read timeout"), Attempt(tries=tries))
     assert decision.action in {"replay", "uncertain"}

@@ -57,8 +57,8 @@ def success(store: StateStore, image: str, now: dt.datetime, entry: str = ENTRY)
     )
 
 
-def failure(store: StateStore, now: dt.datetime, *, keep_pending: bool = False) -> None:
-    """Record a rate-limited attempt for ENTRY."""
+def failure(store: StateStore, now: dt.datetime, *, pending: WriteRecord | None = None) -> None:
+    """Record a rate-limited attempt for ENTRY (``pending``: the write kept for a replay)."""
     store.record_failure(
         HistoryRow(
             time=now,
@@ -74,26 +74,25 @@ def failure(store: StateStore, now: dt.datetime, *, keep_pending: bool = False) 
             request_id="req-fail",
             attempt=2,
         ),
-        keep_pending=keep_pending,
+        pending=pending,
     )
 
 
-def begin(store: StateStore, image: str, key: str, now: dt.datetime) -> None:
-    """Record a pending write of ``image`` for ENTRY."""
-    store.save_write(
-        WriteRecord(
-            entry_id=ENTRY,
-            account="alice",
-            image=image,
-            sha256=f"sent-{image}",
-            source_sha256=f"src-{image}",
-            idempotency_key=key,
-            rotation_id="rot-1",
-            started=now,
-            last_status="sending",
-        ),
-        now=now,
+def begin(store: StateStore, image: str, key: str, now: dt.datetime) -> WriteRecord:
+    """Record a pending write of ``image`` for ENTRY; return it."""
+    record = WriteRecord(
+        entry_id=ENTRY,
+        account="alice",
+        image=image,
+        sha256=f"sent-{image}",
+        source_sha256=f"src-{image}",
+        idempotency_key=key,
+        rotation_id="rot-1",
+        started=now,
+        last_status="sending",
     )
+    store.save_write(record, now=now)
+    return record
 
 
 def pause(
@@ -461,16 +460,17 @@ def test_failure_keeps_position_and_pending_only_when_asked(tmp_path: Path) -> N
     """record_failure leaves the position alone and clears the pending write unless kept."""
     with StateStore.open(tmp_path) as store:
         success(store, "a.png", T0)
-        begin(store, "b.png", "key-b", at(10))
-        failure(store, at(11), keep_pending=True)
+        record = begin(store, "b.png", "key-b", at(10))
+        # The answer's request id reaches the ledger with the failure, in one transaction.
+        failure(store, at(11), pending=dataclasses.replace(record, request_id="req-fail"))
         kept = store.pending_write(ENTRY)
         assert kept is not None
-        assert kept.idempotency_key == "key-b"
+        assert (kept.idempotency_key, kept.request_id) == ("key-b", "req-fail")
         state = store.entry(ENTRY)
         assert (state.last_image, state.last_success) == ("a.png", T0)
         assert state.last_error == "x_rate_limited: slow down"
         assert state.last_attempt == at(11)
-        failure(store, at(12), keep_pending=False)
+        failure(store, at(12))
         assert store.pending_write(ENTRY) is None
         assert store.entry(ENTRY).last_image == "a.png"
         row = store.history(limit=1)[0]
@@ -501,7 +501,7 @@ def test_failure_without_code_or_message_still_names_an_error(tmp_path: Path) ->
                 request_id=None,
                 attempt=1,
             ),
-            keep_pending=False,
+            pending=None,
         )
         assert store.entry(ENTRY).last_error == "unknown error"
         assert store.history()[0].image is None
@@ -641,7 +641,7 @@ def test_history_message_is_one_short_line(tmp_path: Path) -> None:
                 request_id=None,
                 attempt=1,
             ),
-            keep_pending=False,
+            pending=None,
         )
         message = store.history()[0].message
         assert "\n" not in message
@@ -957,3 +957,22 @@ def test_a_pause_keeps_its_kind_apart_from_its_reason(tmp_path: Path) -> None:
     with StateStore.open(tmp_path, readonly=True) as store:
         (stored,) = store.pauses()
     assert (stored.kind, stored.reason) == ("auth", "x:y")
+
+
+def test_a_result_committed_without_a_sync_leaves_the_next_ledger_row_synced(
+    tmp_path: Path,
+) -> None:
+    """Results commit at synchronous=NORMAL; the connection is back at FULL after, even
+    when the transaction failed, so the next pending write is on disk before it is sent."""
+    with StateStore.open(tmp_path) as store:
+        synchronous = store._live().execute  # the store's own connection
+        assert synchronous("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        record = begin(store, "b.png", "key-b", at(10))
+        success(store, "b.png", at(11))
+        assert synchronous("PRAGMA synchronous").fetchone()[0] == 2
+        with pytest.raises(StateError):
+            store.record_failure(
+                dataclasses.replace(record.audit_row(at(12), "error"), attempt=object()),  # type: ignore[arg-type]
+                pending=None,
+            )
+        assert synchronous("PRAGMA synchronous").fetchone()[0] == 2

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from fake_xquik import FakeXquik, Reply
 from harness import cli_env, make_image, run_cli, write_config
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rotator.redaction import FRAGMENT, add_secret, redact, safe_code, safe_token
 
@@ -78,6 +80,54 @@ def test_redact_masks_the_key_split_and_in_fragments() -> None:
     for text in (SECRET, f"a {SECRET[:half]}\n{SECRET[half:]} b", f"id-{SECRET[7:30]}-x"):
         _assert_clean(redact(text, [SECRET]), SECRET)
     assert redact("nothing to see", [SECRET]) == "nothing to see"
+
+
+KEYS = st.text(alphabet="ab.*+?()[]|\\^$x_5", min_size=4, max_size=40)
+
+
+def _masked_by_rule(text: str, key: str) -> str:
+    """The rule, character by character: every character inside an occurrence of the key
+    (or of a FRAGMENT-long run of it) is masked, and each masked stretch is one mask."""
+    runs = _fragments(key) if len(key) > FRAGMENT else [key]
+    hidden = [
+        any(
+            text.startswith(run, start)
+            for run in runs
+            for start in range(max(0, index - len(run) + 1), index + 1)
+        )
+        for index in range(len(text))
+    ]
+    out = ""
+    for index, char in enumerate(text):
+        if not hidden[index]:
+            out += char
+        elif index == 0 or not hidden[index - 1]:
+            out += "[REDACTED]"
+    return out
+
+
+@given(key=KEYS, data=st.data())
+def test_redact_masks_every_character_of_every_run_of_the_key(
+    key: str, data: st.DataObject
+) -> None:
+    """Whatever pieces of the key a text holds, each of its characters inside a run of the
+    key (FRAGMENT long, or the whole of a shorter key) is masked, and nothing else is.
+
+    Regex metacharacters in the key are plain characters.
+    """
+    pieces = data.draw(
+        st.lists(
+            st.one_of(
+                st.text(alphabet="ab.*x_ \n", max_size=15),
+                st.tuples(st.integers(0, len(key)), st.integers(0, len(key))).map(
+                    lambda span: key[min(span) : max(span)]
+                ),
+            ),
+            max_size=6,
+        )
+    )
+    text = "".join(pieces)
+    assert redact(text, [key]) == _masked_by_rule(text, key)
 
 
 def test_echoed_key_is_never_stored_or_printed(tmp_path: Path) -> None:
