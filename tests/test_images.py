@@ -9,6 +9,8 @@ import io
 import os
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -205,10 +207,11 @@ def animated_gif() -> bytes:
         ("a.bmp", encode(picture((500, 900)), "BMP")),
         ("a.tiff", encode(picture((700, 700)), "TIFF")),
         ("big.jpg", encode(picture((1100, 1100), noise=True), "JPEG", quality=95)),
+        ("a.avif", encode(picture((600, 400)), "AVIF")),
     ],
 )
 def test_other_formats_are_fitted_square_within_limits(name: str, data: bytes) -> None:
-    """WebP, animated GIF, BMP, TIFF and oversize JPEG become a square JPEG/PNG within limits."""
+    """WebP, animated GIF, BMP, TIFF, AVIF and oversize JPEG: a square JPEG/PNG within limits."""
     verdict = judge_image_bytes(data, DEFAULT)
     assert verdict.usable
     assert verdict.needs_fit
@@ -526,3 +529,49 @@ def test_property_damaged_files_never_raise(
     assert verdict.sha256 == hashlib.sha256(data).hexdigest()
     with contextlib.suppress(ImageError):
         fit_image_bytes(data, DEFAULT)
+
+
+def test_only_the_plugins_of_the_formats_we_open_are_ever_loaded(tmp_path: Path) -> None:
+    """Judging and fitting every format we take loads those plugins only (no EPS, PDF, ...);
+    AVIF's, with its codec library, only once a file may be one."""
+    samples = {
+        "png": SMALL_PNG,
+        "jpg": encode(picture((900, 900), noise=True), "JPEG", quality=95),
+        "mpo": encode(picture((64, 48)), "MPO", save_all=True, append_images=[picture((64, 48))]),
+        "webp": encode(picture((90, 50)), "WEBP"),
+        "gif": animated_gif(),
+        "bmp": encode(picture((50, 90)), "BMP"),
+        "tiff": encode(picture((70, 70)), "TIFF"),
+        "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+        "avif": encode(picture((60, 40)), "AVIF"),
+    }
+    for name, data in samples.items():
+        write(tmp_path, name, data)
+    script = f"""
+import sys
+from pathlib import Path
+from rotator.images import FitSettings, fit_image_bytes, judge_image_bytes
+def plugins():
+    return sorted(m[4:] for m in sys.modules if m.startswith("PIL.") and m.endswith("Plugin"))
+for name in {list(samples)!r}:
+    if name == "avif":
+        print(plugins())
+    verdict = judge_image_bytes(Path({str(tmp_path)!r}, name).read_bytes(), FitSettings())
+    if verdict.usable:
+        fit_image_bytes(Path({str(tmp_path)!r}, name).read_bytes(), FitSettings(fit="always"))
+    print(name, verdict.usable)
+print(plugins())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if not line.startswith("[")] == [
+        f"{name} {name != 'eps'}" for name in samples
+    ]
+    ours = ["BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "MpoImagePlugin"]
+    ours += ["PngImagePlugin", "TiffImagePlugin", "WebPImagePlugin"]
+    ours += ["PpmImagePlugin"]  # Pillow's own first load (preinit) takes it with BMP to PNG
+    before_avif, after = (line for line in lines if line.startswith("["))
+    assert before_avif == str(sorted(ours))
+    assert after == str(sorted([*ours, "AvifImagePlugin"]))
