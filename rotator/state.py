@@ -54,6 +54,7 @@ from rotator.errors import StateError, StateLockedError, StateVersionError
 from rotator.redaction import redact, redact_optional, safe_code
 
 DB_NAME = "rotator.db"
+PAGE_CACHE_KIB = 256
 LOCK_NAME = "rotator.lock"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 5000
@@ -819,6 +820,10 @@ def _connect(db_path: Path, state_dir: Path, *, readonly: bool) -> sqlite3.Conne
         conn = sqlite3.connect(target, uri=readonly, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # SQLite's page cache (2 MiB by default) fills up with the start's read of the
+        # validation cache and stays in the daemon's memory; the operating system caches
+        # the file anyway, and the writes touch a few pages each.
+        conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
