@@ -212,9 +212,7 @@ class Library:
             batch = [
                 (folder, self._catalogs[folder]) for folder in folders if folder in self._catalogs
             ]
-            async with contextlib.AsyncExitStack() as held:
-                for folder, _ in batch:
-                    await held.enter_async_context(self._locked(folder))
+            async with self._locked(*(folder for folder, _ in batch)):
                 results = await asyncio.to_thread(_scan_all, [catalog for _, catalog in batch])
                 for (folder, catalog), result in zip(batch, results, strict=True):
                     if self._catalogs.get(folder) is catalog:  # not dropped meanwhile
@@ -273,21 +271,28 @@ class Library:
     # -- internals -----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _locked(self, folder: Path) -> AsyncIterator[None]:
-        """Hold a catalog's lock; it exists only while some task holds or awaits it."""
-        lock, users = self._locks.get(folder, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[folder] = (lock, users + 1)
+    async def _locked(self, *folders: Path) -> AsyncIterator[None]:
+        """Hold the catalogs' locks, taken in the order given (one context, not one each:
+        a start takes 10,000); a lock exists only while some task holds or awaits it."""
+        for folder in folders:
+            lock, users = self._locks.get(folder, (None, 0))
+            self._locks[folder] = (lock or asyncio.Lock(), users + 1)
+        taken: list[asyncio.Lock] = []
         try:
-            async with lock:
-                yield
+            for folder in folders:
+                lock = self._locks[folder][0]
+                await lock.acquire()
+                taken.append(lock)
+            yield
         finally:
-            lock, users = self._locks[folder]
-            if users == 1:
-                del self._locks[folder]
-            else:
-                self._locks[folder] = (lock, users - 1)
+            for lock in taken:
+                lock.release()
+            for folder in folders:
+                lock, users = self._locks[folder]
+                if users == 1:
+                    del self._locks[folder]
+                else:
+                    self._locks[folder] = (lock, users - 1)
 
     def _watch(self, folders: Sequence[Path]) -> None:
         """Watch the resolved folders of these catalogs (before their first scan)."""
