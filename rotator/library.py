@@ -28,6 +28,7 @@ from rotator.errors import RotatorError
 from rotator.fitted import prune_fitted
 from rotator.images import FitSettings, ImageVerdict
 from rotator.logs import emit
+from rotator.names import escape_name
 from rotator.state import StateStore
 from rotator.watcher import FolderWatcher
 
@@ -42,12 +43,15 @@ SCANS_AT_ONCE = 1
 class StateValidationCache:
     """The catalog's validation cache, kept in the state database."""
 
-    __slots__ = ("_state", "catalog", "snapshot")  # one per folder: no ``__dict__`` each
+    __slots__ = ("_state", "catalog", "preload", "snapshot")  # one per folder: no ``__dict__``
 
-    def __init__(self, state: StateStore) -> None:
+    def __init__(self, state: StateStore, *, preload: bool = False) -> None:
         self._state = state
         self.catalog: Catalog | None = None  # its images answer first: no query for them
-        # The whole cache read once for a start-up scan (None: one query per file).
+        # ``preload``: a first scan among many (a start): the folder's verdicts are read in
+        # one query when the scan first asks, not one per file, and are kept only until
+        # ``done_preloading`` (a whole-cache read held the start's memory peak 5 MiB up).
+        self.preload = preload
         self.snapshot: dict[str, tuple[int, int, str]] | None = None
 
     def get(self, path: str, size: int, mtime_ns: int) -> ImageVerdict | None:
@@ -55,6 +59,8 @@ class StateValidationCache:
         known = self._known(path, size, mtime_ns)
         if known is not None:
             return known
+        if self.preload and self.snapshot is None and self.catalog is not None:
+            self.snapshot = self._state.cache_rows_under(escape_name(str(self.catalog.folder)))
         if self.snapshot is not None:
             saved = self.snapshot.get(path)
             if saved is None or saved[:2] != (size, mtime_ns):
@@ -83,6 +89,11 @@ class StateValidationCache:
         if image is None or (image.size_bytes, image.mtime_ns) != (size, mtime_ns):
             return None
         return image.verdict
+
+    def done_preloading(self) -> None:
+        """Forget the preloaded verdicts (the first scan is applied); ask file by file now."""
+        self.preload = False
+        self.snapshot = None
 
     def put(self, path: str, size: int, mtime_ns: int, verdict: ImageVerdict) -> None:
         """Remember a file's verdict."""
@@ -124,6 +135,7 @@ class Library:
         self._locks: dict[Path, tuple[asyncio.Lock, int]] = {}
         self._roots: dict[Path, list[Path]] | None = None  # resolved folder -> keys
         self._quiet_adds: int | None = None  # counting start-up's image.added, not logging them
+        self._preloading: dict[Path, StateValidationCache] = {}  # until their first scan
         self.watcher = FolderWatcher(
             loop,
             watch,
@@ -170,13 +182,12 @@ class Library:
         new_folders = [folder for folder in wanted if folder not in self._catalogs]
         if new_folders:
             self._roots = None  # made again on first use, with the new folders
-        new, caches = _new_catalogs(self._state, new_folders, fit, self._log)
+        new, preloading = _new_catalogs(self._state, new_folders, fit, self._log)
         self._catalogs.update(new)
+        self._preloading.update(preloading)
         # Watch first, then scan: a file that lands in between is seen by one of them.
         # Each batch is watched just before its scan starts, while earlier ones still run.
         await self.rescan(new_folders, before_scan=self._watch)
-        for cache in caches:
-            cache.snapshot = None  # it was true for that scan only: later ones ask the state
         self._drop([folder for folder in self._catalogs if folder not in wanted])
 
     async def rescan(
@@ -221,6 +232,9 @@ class Library:
                         catalog.apply_scan(result)
                         self._on_change(changed)
         finally:
+            for folder in folders:
+                if (cache := self._preloading.pop(folder, None)) is not None:
+                    cache.done_preloading()
             slots.release()
 
     async def prune_fitted(self) -> None:
@@ -349,42 +363,41 @@ async def scan_once(
         else:
             emit(event, **fields)
 
-    catalogs, _ = _new_catalogs(state, list(dict.fromkeys(folders)), fit, log)
-    pending = list(catalogs.values())
-    for start in range(0, len(pending), SCAN_BATCH):
-        batch = pending[start : start + SCAN_BATCH]
-        results = await asyncio.to_thread(_scan_all, batch)
-        for catalog, result in zip(batch, results, strict=True):
-            catalog.apply_scan(result)
+    catalogs, preloading = _new_catalogs(state, list(dict.fromkeys(folders)), fit, log)
+    order = list(catalogs)
+    for start in range(0, len(order), SCAN_BATCH):
+        batch = order[start : start + SCAN_BATCH]
+        results = await asyncio.to_thread(_scan_all, [catalogs[folder] for folder in batch])
+        for folder, result in zip(batch, results, strict=True):
+            catalogs[folder].apply_scan(result)
+            if (cache := preloading.pop(folder, None)) is not None:
+                cache.done_preloading()
     emit(
         "catalog.scanned",
         folders=len(catalogs),
         usable=added,
-        rejected=sum(len(catalog.rejected()) for catalog in pending),
+        rejected=sum(len(catalog.rejected()) for catalog in catalogs.values()),
     )
     return catalogs
 
 
 def _new_catalogs(
     state: StateStore, folders: Sequence[Path], fit: FitSettings, log: Callable[..., None]
-) -> tuple[dict[Path, Catalog], list[StateValidationCache]]:
-    """Make the catalogs of new folders, not scanned yet, and their validation caches.
-
-    Many new folders (a start) share one read of the whole validation cache, meant for
-    their first scan only.
-    """
-    snapshot = state.cache_snapshot() if len(folders) >= SCAN_BATCH else None
+) -> tuple[dict[Path, Catalog], dict[Path, StateValidationCache]]:
+    """Make the catalogs of new folders, not scanned yet; return them and the caches that
+    preload their verdicts for the first scan (when the new folders are many: a start)."""
+    preload = len(folders) >= SCAN_BATCH
     real_parents: dict[str, str] = {}  # one realpath per distinct parent folder
     catalogs: dict[Path, Catalog] = {}
-    caches = []
+    preloading: dict[Path, StateValidationCache] = {}
     for folder in folders:
-        cache = StateValidationCache(state)
-        cache.snapshot = snapshot
-        caches.append(cache)
+        cache = StateValidationCache(state, preload=preload)
         catalogs[folder] = cache.catalog = Catalog(
             folder, fit, cache, log, real_parents=real_parents
         )
-    return catalogs, caches
+        if preload:
+            preloading[folder] = cache
+    return catalogs, preloading
 
 
 def _scan_all(catalogs: Sequence[Catalog]) -> list[ScanResult]:

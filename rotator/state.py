@@ -642,12 +642,15 @@ class StateStore:
         )
         return self.cache_decode(rows[0][0]) if rows else None
 
-    def cache_snapshot(self) -> dict[str, tuple[int, int, str]]:
-        """Return the whole validation cache in one read: path -> (size, mtime_ns, raw verdict).
-
-        A start-up scan of thousands of folders asks this once instead of once per file.
-        """
-        rows = self._read("SELECT path, size, mtime_ns, verdict FROM validation_cache")
+    def cache_rows_under(self, folder: str) -> dict[str, tuple[int, int, str]]:
+        """Return the stored verdicts of the files under ``folder`` (a catalog's key prefix)
+        in one read: path -> (size, mtime_ns, raw verdict)."""
+        # Every key under it starts with "folder/", and "/" + 1 is "0": one index range.
+        rows = self._read(
+            "SELECT path, size, mtime_ns, verdict FROM validation_cache"
+            " WHERE path >= ? AND path < ?",
+            (f"{folder}/", f"{folder}0"),
+        )
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
     @staticmethod

@@ -58,24 +58,34 @@ def test_an_unchanged_file_keeps_the_catalogs_verdict_without_the_database(
         assert again.verdict.sha256 != first.verdict.sha256
 
 
-def test_a_start_up_scan_reads_verdicts_from_one_snapshot_of_the_cache(tmp_path: Path) -> None:
-    """A snapshot answers like the database: its verdict when unchanged, a decode when not."""
+def test_a_first_scan_among_many_reads_its_folders_verdicts_in_one_go(tmp_path: Path) -> None:
+    """A preloading cache answers like the database: the stored verdict when the file is
+    unchanged, a decode when not; it holds its own folder's rows (subfolders too, no
+    neighbour's), and drops them once the scan is done."""
     folder = tmp_path / "images"
-    folder.mkdir()
+    for name in ("images/sub", "images2", "images-x"):
+        (tmp_path / name).mkdir(parents=True)
     (folder / "a.png").write_bytes(_png((255, 0, 0)))
     (folder / "b.png").write_bytes(_png((0, 255, 0)))
+    (folder / "sub" / "c.png").write_bytes(_png((9, 9, 9)))
+    for neighbour in ("images2", "images-x"):  # names that sort next to "images/"
+        (tmp_path / neighbour / "n.png").write_bytes(_png((1, 2, 3)))
     with StateStore.open(tmp_path / "state", lock=False) as state:
         first = _catalog(folder, state)
         first.apply_scan(first.scan())
-        snapshot = state.cache_snapshot()
-        assert set(snapshot) == {str(first.folder / "a.png"), str(first.folder / "b.png")}
-        # The database forgets a.png; the snapshot (taken before) still answers for it.
-        state.cache_forget(str(first.folder / "a.png"))
-        (folder / "b.png").write_bytes(_png((0, 0, 255)))  # changed: the snapshot is stale
-        cache = StateValidationCache(state)
-        cache.snapshot = snapshot
-        restarted = Catalog(folder, FitSettings(), cache, lambda *_, **__: None)
+        for neighbour in ("images2", "images-x"):
+            other = _catalog(tmp_path / neighbour, state)
+            other.apply_scan(other.scan())
+        (folder / "b.png").write_bytes(_png((0, 0, 255)))  # changed since its verdict
+        cache = StateValidationCache(state, preload=True)
+        restarted = cache.catalog = Catalog(folder, FitSettings(), cache, lambda *_, **__: None)
         restarted.apply_scan(restarted.scan())
+        assert cache.snapshot is not None
+        assert set(cache.snapshot) == {
+            str(first.folder / name) for name in ("a.png", "b.png", "sub/c.png")
+        }
+        cache.done_preloading()
+        assert cache.snapshot is None
         a, b = restarted.get("a.png"), restarted.get("b.png")
         first_a, first_b = first.get("a.png"), first.get("b.png")
         assert a is not None
