@@ -166,15 +166,21 @@ class Entries:
         self, now: dt.datetime, *, first_start: bool, only: set[str] | None = None
     ) -> None:
         """(Re)schedule the entries (those in ``only`` if given) from their history."""
-        known = {saved.entry_id: saved for saved in self._state.entries()}  # one read for all
+        known = self._state.schedule_times()  # one read for all
         for entry_id, run in self._runs.items():
             if only is not None and entry_id not in only:
                 continue
-            saved = known.get(entry_id) or EntryState(entry_id=entry_id)
-            self._schedule(run, saved, now, first_start=first_start)
+            last_fire, last_success = known.get(entry_id, (None, None))
+            self._schedule(run, last_fire, last_success, now, first_start=first_start)
 
     def _schedule(
-        self, run: _EntryRun, saved: EntryState, now: dt.datetime, *, first_start: bool
+        self,
+        run: _EntryRun,
+        last_fire: dt.datetime | None,
+        last_success: dt.datetime | None,
+        now: dt.datetime,
+        *,
+        first_start: bool,
     ) -> None:
         """(Re)schedule one entry from its config and its history."""
         entry = run.entry
@@ -182,15 +188,15 @@ class Entries:
         schedule = entry.schedule
         if schedule.every is None:
             self.scheduler.schedule_cron(entry.entry_id, schedule, entry.timezone)
-            if saved.last_fire is None:
+            if last_fire is None:
                 self._record_fire(run, now)  # the baseline: nothing was owed before now
-            elif first_start and cron_missed_since(schedule, entry.timezone, saved.last_fire, now):
+            elif first_start and cron_missed_since(schedule, entry.timezone, last_fire, now):
                 # Missed while the daemon was down: run once now (coalesced), not once per miss.
                 self._on_due(entry.entry_id)
             return
         # "every D" counts from the last rotation's end: its success, or the end recorded
         # in last_fire (a give-up too; a rotation cut short by a stop records none).
-        when = every_due(schedule.every, now, saved.last_success, saved.last_fire)
+        when = every_due(schedule.every, now, last_success, last_fire)
         self.scheduler.schedule_at(entry.entry_id, when + self._jitter(entry))
 
     def _jitter(self, entry: AccountEntry) -> dt.timedelta:
