@@ -29,6 +29,7 @@ Rows (each the median of ``--runs`` with min and max):
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import itertools
 import json
@@ -573,6 +574,10 @@ def main() -> int:
         f"Python {platform.python_version()}; load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    # The daemon as installed: pip compiles the package, as it compiled the dependencies
+    # the floor imports. (From a source tree under PYTHONDONTWRITEBYTECODE=1, every start
+    # would compile every module again: slower, and its memory peak stays in the RSS.)
+    compileall.compile_dir(REPO / "rotator", quiet=1)
     args.floor = measure_floor(min(args.idle, 20.0))
     print(
         f"| floor (runtime deps imported, idle) | RSS {args.floor['rss_mib']:.1f} MiB "
