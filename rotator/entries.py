@@ -44,7 +44,7 @@ from rotator.metrics import EntryFigures, Snapshot, entry_label
 from rotator.parts import Parts
 from rotator.rotation import RotationResult
 from rotator.scheduling import RotationScheduler, cron_missed_since
-from rotator.state import EntryState, Pause, StateStore
+from rotator.state import Pause, StateStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,7 @@ class Entries:
         self, now: dt.datetime, *, first_start: bool, only: set[str] | None = None
     ) -> None:
         """(Re)schedule the entries (those in ``only`` if given) from their history."""
-        known = self._state.schedule_times()  # one read for all
+        known = self._state.entry_times()  # one read for all
         for entry_id, run in self._runs.items():
             if only is not None and entry_id not in only:
                 continue
@@ -383,18 +383,18 @@ class Entries:
             stale = set(self._runs)
         if stale:
             due = self.due().times
-            saved: dict[str, EntryState] = {}
-            if len(stale) > 1:
-                saved = {row.entry_id: row for row in self._state.entries()}
+            times = self._state.entry_times() if len(stale) > 1 else {}
             config_dir = self._parts().settings.config_path.parent
             for entry_id in stale:
                 run = self._runs.get(entry_id)
                 if run is None:
                     self._entry_figures.pop(entry_id, None)
                     continue
-                state = saved.get(entry_id) if saved else self._state.entry(entry_id)
+                if times:
+                    last = times.get(entry_id, (None, None))[1]
+                else:
+                    last = self._state.entry(entry_id).last_success
                 when = due.get(entry_id)
-                last = state.last_success if state else None
                 self._entry_figures[entry_id] = EntryFigures(
                     account=run.entry.account,
                     entry=entry_label(run.entry.account, run.entry.folder, config_dir),

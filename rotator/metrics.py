@@ -53,7 +53,7 @@ def entry_label(account: str, folder: Path, config_dir: Path) -> str:
         return f"{account}:{folder.name}~{digest}"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)  # one per entry: no __dict__
 class EntryFigures:
     """What one entry looks like right now."""
 

@@ -978,10 +978,10 @@ def test_a_result_committed_without_a_sync_leaves_the_next_ledger_row_synced(
         assert synchronous("PRAGMA synchronous").fetchone()[0] == 2
 
 
-def test_schedule_times_are_each_entrys_last_fire_and_last_success(tmp_path: Path) -> None:
-    """What scheduling reads for every entry at a start: two times, or nothing yet."""
+def test_entry_times_are_each_entrys_last_fire_and_last_success(tmp_path: Path) -> None:
+    """What scheduling and the metrics read for every entry: two times, or nothing yet."""
     with StateStore.open(tmp_path) as store:
         store.record_fire(ENTRY, "alice", at(5))
         success(store, "a.png", at(7), entry="bob:/pics")
         store.record_fire("bob:/pics", "bob", at(8))
-        assert store.schedule_times() == {ENTRY: (at(5), None), "bob:/pics": (at(8), at(7))}
+        assert store.entry_times() == {ENTRY: (at(5), None), "bob:/pics": (at(8), at(7))}
