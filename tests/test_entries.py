@@ -144,3 +144,79 @@ def test_entries_due_at_once_start_only_as_many_rotations_as_the_pacer_takes(
     # Nothing lost or doubled, and out in due order: ties (all due at once) in config order.
     written = [request.account for request in fake_xquik.writes()]
     assert written == order
+
+
+def test_long_intervals_are_due_at_whole_seconds_and_share_their_job(
+    tmp_path: Path, fake_xquik: FakeXquik
+) -> None:
+    """``every 1h`` entries whose last rotations ended within one second are due at the same
+    whole second, rounded up (one scheduler job for them all); ``every 30s`` keeps its
+    instant."""
+    lines = [
+        "[api]",
+        f'base_url = "{fake_xquik.base_url}"',
+        "[state]",
+        f'dir = "{tmp_path / "state"}"',
+        "[watch]",
+        'mode = "polling"',
+    ]
+    for number, schedule in enumerate(["every 1h"] * 5 + ["every 30s"]):
+        folder = tmp_path / f"f{number}"
+        folder.mkdir()
+        lines += [
+            "[[accounts]]",
+            f'account = "acct{number}"',
+            f'folder = "{folder}"',
+            f'schedule = "{schedule}"',
+        ]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = load_settings(path, {"XQUIK_API_KEY": fake_xquik.api_key})
+    # Last rotations that ended in one second, at .1 to .85 s past it.
+    ended = dt.datetime.now(dt.UTC).replace(microsecond=100_000)
+    now = ended + dt.timedelta(minutes=1)
+
+    async def go() -> list[dt.datetime | None]:
+        with StateStore.open(tmp_path / "state", lock=True) as state:
+            for number, entry in enumerate(settings.accounts):
+                state.record_fire(entry.entry_id, entry.account, ended + number * SPREAD)
+            parts = build_parts(
+                settings,
+                None,
+                state=state,
+                state_dir=tmp_path / "state",
+                dry_run=True,
+                in_force=lambda: parts,
+            )
+            library = Library(
+                asyncio.get_running_loop(),
+                state=state,
+                fitted_dir=tmp_path / "state" / FITTED_DIR,
+                watch=settings.watch,
+                spawn=lambda coroutine: coroutine.close(),
+                on_change=lambda _folder: None,
+            )
+            entries = Entries(
+                state=state,
+                parts=lambda: parts,
+                library=library,
+                stopping=lambda: False,
+                on_rotated=lambda: None,
+            )
+            await library.start([entry.folder for entry in settings.accounts], parts.fit)
+            await entries.use(settings.accounts)
+            entries.schedule_all(now, first_start=True)
+            entries.scheduler.start()
+            dues = [entries.scheduler.next_due(entry.entry_id) for entry in settings.accounts]
+            entries.scheduler.shutdown()
+            library.close()
+            return dues
+
+    with capture_logs():
+        dues = asyncio.run(go())
+    whole = ended.replace(microsecond=0) + dt.timedelta(hours=1, seconds=1)
+    assert dues[:5] == [whole] * 5
+    assert dues[5] == now  # overdue: due now, to the microsecond
+
+
+SPREAD = dt.timedelta(milliseconds=150)  # between the entries' last rotation ends
