@@ -391,14 +391,15 @@ class Entries:
             stale = set(self._runs)
         if stale:
             due = self.due().times
-            times = self._state.entry_times() if len(stale) > 1 else {}
+            # One read for many; None (not an empty result) means ask entry by entry.
+            times = self._state.entry_times() if len(stale) > 1 else None
             config_dir = self._parts().settings.config_path.parent
             for entry_id in stale:
                 run = self._runs.get(entry_id)
                 if run is None:
                     self._entry_figures.pop(entry_id, None)
                     continue
-                if times:
+                if times is not None:
                     last = times.get(entry_id, (None, None))[1]
                 else:
                     last = self._state.entry(entry_id).last_success
